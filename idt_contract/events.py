@@ -1,0 +1,372 @@
+"""The event contract (spec §6): CloudEvents 1.0 envelopes with strictly typed `data`.
+
+Every event type is one envelope class whose `type` is a literal and whose `data`
+is a model that forbids unknown fields. `Event` is the discriminated union of all
+of them, so one `TypeAdapter` validates any event and picks the class by `type`.
+
+Plain data only: no I/O, no clock. Producers pass `time` explicitly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+# Office ids appear inside stream keys (`idt:window-alerts:<office_id>`), so they
+# are restricted to characters that are safe there and in ACL key patterns.
+OfficeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+ClaimId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class OfficeKind(StrEnum):
+    CONTACT_CENTRE = "CONTACT_CENTRE"
+    BDC = "BDC"
+    JOBCENTRE = "JOBCENTRE"
+
+
+class Benefit(StrEnum):
+    IB = "IB"
+    IS_LP = "IS_LP"
+    JSA = "JSA"
+
+
+class MarkerName(StrEnum):
+    PRIMARY_BENEFIT = "PRIMARY_BENEFIT"
+    JOBCENTRE = "JOBCENTRE"
+
+
+class PrimaryBenefit(StrEnum):
+    INCAPACITATED_DISABLED = "INCAPACITATED_DISABLED"
+    LONE_PARENT = "LONE_PARENT"
+    JOBSEEKER = "JOBSEEKER"
+    OTHER = "OTHER"
+
+
+class ClearanceOutcome(StrEnum):
+    ELIGIBLE = "ELIGIBLE"
+    DISALLOWED = "DISALLOWED"
+
+
+class Intervention(StrEnum):
+    IB_INITIAL_WFI = "IB_INITIAL_WFI"
+    LP_WFI_REVIEW = "LP_WFI_REVIEW"
+    JSA_13_WEEK = "JSA_13_WEEK"
+    JSA_26_WEEK = "JSA_26_WEEK"
+
+
+class InterviewMode(StrEnum):
+    FACE_TO_FACE = "FACE_TO_FACE"
+    TELEPHONE = "TELEPHONE"
+    HOME_VISIT = "HOME_VISIT"
+
+
+class LmiKind(StrEnum):
+    NOT_AVAILABLE = "NOT_AVAILABLE"
+    REFUSED_WORK = "REFUSED_WORK"
+
+
+class CloseReason(StrEnum):
+    JOB_OUTCOME = "JOB_OUTCOME"
+    OTHER = "OTHER"
+
+
+class AlertKind(StrEnum):
+    WINDOW_OPENED = "WINDOW_OPENED"
+    WINDOW_CLOSING = "WINDOW_CLOSING"
+    WINDOW_MISSED = "WINDOW_MISSED"
+    BOOKING_OUTSIDE_WINDOW = "BOOKING_OUTSIDE_WINDOW"
+    PRE_CALL_DUE = "PRE_CALL_DUE"
+    REBOOK_NEEDED = "REBOOK_NEEDED"
+    MARKER_UNALLOCATED = "MARKER_UNALLOCATED"
+
+
+# --------------------------------------------------------------------------- data
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class _ClaimData(_Data):
+    claim_id: ClaimId
+
+
+class OfficeRegisteredData(_Data):
+    office_id: OfficeId
+    kind: OfficeKind
+    name: Text
+    district: Text
+    region: Text
+
+
+class ClaimRegisteredData(_ClaimData):
+    customer_ref: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_:-]{8,80}$")] = Field(
+        description="Pseudonymous customer reference (keyed HMAC); never a raw NI number."
+    )
+    benefit: Benefit
+    claim_start_date: date
+    contact_centre_id: OfficeId
+
+
+class MarkerSetData(_ClaimData):
+    marker: MarkerName
+    value: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
+        description="PRIMARY_BENEFIT: one of PrimaryBenefit; JOBCENTRE: an office id."
+    )
+
+    @model_validator(mode="after")
+    def _value_fits_marker(self) -> MarkerSetData:
+        if self.marker is MarkerName.PRIMARY_BENEFIT:
+            allowed = {p.value for p in PrimaryBenefit}
+            if self.value not in allowed:
+                raise ValueError(
+                    f"PRIMARY_BENEFIT marker value must be one of {sorted(allowed)}, "
+                    f"not {self.value!r}"
+                )
+        else:
+            import re
+
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", self.value):
+                raise ValueError(f"JOBCENTRE marker value {self.value!r} is not an office id")
+        return self
+
+
+class ClaimClearedData(_ClaimData):
+    bdc_id: OfficeId
+    outcome: ClearanceOutcome
+    received_date: date
+
+
+class InterviewBookedData(_ClaimData):
+    intervention: Intervention
+    slot_date: date
+    jobcentre_id: OfficeId
+
+
+class InterviewConductedData(_ClaimData):
+    intervention: Intervention
+    jobcentre_id: OfficeId
+    mode: InterviewMode
+    duration_minutes: Annotated[int, Field(ge=1, le=600)]
+
+
+class InterviewFailedToAttendData(_ClaimData):
+    intervention: Intervention
+    slot_date: date
+
+
+class InterviewWaivedData(_ClaimData):
+    intervention: Intervention
+    reason: Text
+
+
+class InterviewDeferredData(_ClaimData):
+    intervention: Intervention
+    deferred_to: date
+    reason: Text
+
+
+class LmiDoubtRaisedData(_ClaimData):
+    doubt_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    kind: LmiKind
+
+
+class LmiFollowUpConductedData(_ClaimData):
+    doubt_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    action: Text
+
+
+class ClaimClosedData(_ClaimData):
+    reason: CloseReason
+
+
+class ClockTickData(_Data):
+    """No fields: business time is the event's `time`."""
+
+
+class WindowDates(_Data):
+    opens: date
+    closes: date
+
+
+class WindowAlertData(_ClaimData):
+    kind: AlertKind
+    intervention: Intervention | Literal["LMI_FOLLOW_UP"] | None = None
+    opens: dict[Literal["policy", "measured"], date]
+    closes: dict[Literal["policy", "measured"], date]
+    office_id: OfficeId
+
+
+# --------------------------------------------------------------------------- envelopes
+
+
+class _Envelope(BaseModel):
+    """CloudEvents 1.0, JSON structured mode. Unknown attributes are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    #: Event types whose `data` carries a claim id (the `subject` must match it).
+    claim_event: ClassVar[bool] = True
+
+    specversion: Literal["1.0"] = "1.0"
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    source: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    type: str
+    time: AwareDatetime
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    datacontenttype: Literal["application/json"] | None = None
+
+    @model_validator(mode="after")
+    def _subject_is_claim(self) -> _Envelope:
+        data = getattr(self, "data", None)
+        claim_id = getattr(data, "claim_id", None)
+        if self.subject is not None and claim_id is not None and self.subject != claim_id:
+            raise ValueError(f"subject {self.subject!r} does not match data.claim_id {claim_id!r}")
+        return self
+
+    @classmethod
+    def event_type(cls) -> str:
+        field = cls.model_fields["type"]
+        return str(field.default)
+
+
+class OfficeRegistered(_Envelope):
+    claim_event: ClassVar[bool] = False
+    type: Literal["office-registered"] = "office-registered"
+    data: OfficeRegisteredData
+
+
+class ClaimRegistered(_Envelope):
+    type: Literal["claim-registered"] = "claim-registered"
+    data: ClaimRegisteredData
+
+
+class MarkerSet(_Envelope):
+    type: Literal["marker-set"] = "marker-set"
+    data: MarkerSetData
+
+
+class ClaimCleared(_Envelope):
+    type: Literal["claim-cleared"] = "claim-cleared"
+    data: ClaimClearedData
+
+
+class InterviewBooked(_Envelope):
+    type: Literal["interview-booked"] = "interview-booked"
+    data: InterviewBookedData
+
+
+class InterviewConducted(_Envelope):
+    type: Literal["interview-conducted"] = "interview-conducted"
+    data: InterviewConductedData
+
+
+class InterviewFailedToAttend(_Envelope):
+    type: Literal["interview-failed-to-attend"] = "interview-failed-to-attend"
+    data: InterviewFailedToAttendData
+
+
+class InterviewWaived(_Envelope):
+    type: Literal["interview-waived"] = "interview-waived"
+    data: InterviewWaivedData
+
+
+class InterviewDeferred(_Envelope):
+    type: Literal["interview-deferred"] = "interview-deferred"
+    data: InterviewDeferredData
+
+
+class LmiDoubtRaised(_Envelope):
+    type: Literal["lmi-doubt-raised"] = "lmi-doubt-raised"
+    data: LmiDoubtRaisedData
+
+
+class LmiFollowUpConducted(_Envelope):
+    type: Literal["lmi-follow-up-conducted"] = "lmi-follow-up-conducted"
+    data: LmiFollowUpConductedData
+
+
+class ClaimClosed(_Envelope):
+    type: Literal["claim-closed"] = "claim-closed"
+    data: ClaimClosedData
+
+
+class ClockTick(_Envelope):
+    claim_event: ClassVar[bool] = False
+    type: Literal["clock-tick"] = "clock-tick"
+    data: ClockTickData | None = None
+
+
+class WindowAlert(_Envelope):
+    type: Literal["window-alert"] = "window-alert"
+    data: WindowAlertData
+
+
+EVENT_CLASSES: tuple[type[_Envelope], ...] = (
+    OfficeRegistered,
+    ClaimRegistered,
+    MarkerSet,
+    ClaimCleared,
+    InterviewBooked,
+    InterviewConducted,
+    InterviewFailedToAttend,
+    InterviewWaived,
+    InterviewDeferred,
+    LmiDoubtRaised,
+    LmiFollowUpConducted,
+    ClaimClosed,
+    ClockTick,
+    WindowAlert,
+)
+
+EVENT_TYPES: dict[str, type[_Envelope]] = {cls.event_type(): cls for cls in EVENT_CLASSES}
+
+Event = Annotated[
+    OfficeRegistered
+    | ClaimRegistered
+    | MarkerSet
+    | ClaimCleared
+    | InterviewBooked
+    | InterviewConducted
+    | InterviewFailedToAttend
+    | InterviewWaived
+    | InterviewDeferred
+    | LmiDoubtRaised
+    | LmiFollowUpConducted
+    | ClaimClosed
+    | ClockTick
+    | WindowAlert,
+    Field(discriminator="type"),
+]
+
+Envelope = _Envelope
+
+
+def new_event_id() -> str:
+    """A fresh, globally unique CloudEvent id."""
+    return str(uuid.uuid4())
+
+
+def make_event(
+    event_cls: type[_Envelope],
+    *,
+    source: str,
+    time: datetime,
+    data: Any,
+    id: str | None = None,
+) -> _Envelope:
+    """Build an envelope; `subject` is set to the claim id for claim events."""
+    subject = getattr(data, "claim_id", None) if event_cls.claim_event else None
+    return event_cls(
+        id=id or new_event_id(),
+        source=source,
+        time=time,
+        subject=subject,
+        datacontenttype="application/json",
+        data=data,
+    )

@@ -1,0 +1,1 @@
+"""Pure domain helpers shared by services: no I/O, no clock, no framework imports."""

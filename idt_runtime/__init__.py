@@ -1,0 +1,1 @@
+"""Shared runtime for the services: settings, storage, the safe consumer, the outbox."""

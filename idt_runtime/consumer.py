@@ -1,0 +1,330 @@
+"""Consuming safely from Redis Streams (see ../shared/docs/redis-streams-notes.md).
+
+- One consumer group per service, one stable consumer name per process slot.
+- Groups are created at id `0` before any subscriber starts (FastStream's own
+  XGROUP CREATE uses `$` and would skip what was published before the first start).
+- Batches: FastStream's batch stream subscriber reads up to `batch_size` entries;
+  the entries are decoded, the fresh ones (CloudEvent `id` not yet processed) are
+  applied in ONE database transaction that also records their ids, and only then
+  are all entries acked in one MULTI together with the XADDs of any dead letters.
+- An entry that fails validation goes to `idt:dead-letters` with its original
+  bytes, source stream, entry id and reason, and is acked in the same MULTI.
+- A handler failure leaves the entry pending. The reclaimer (XAUTOCLAIM; a
+  FastStream subscriber with `min_idle_time` reads only by XAUTOCLAIM, one entry a
+  call, so it is run separately) picks up entries idle longer than
+  `reclaim_idle_ms`, whether their consumer died or failed, and retries them; once
+  an entry has been delivered more than `max_deliveries` times and fails again with
+  a non-infrastructure error it is dead-lettered with that error as the reason.
+- Database unavailability (SQLAlchemy OperationalError/InterfaceError) never
+  dead-letters: the entry stays pending and is retried when the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from time import perf_counter
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.exceptions import ResponseError
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlmodel import Session
+
+from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
+
+from .db import RuntimeTables
+from .metrics import RuntimeMetrics
+
+log = logging.getLogger("idt.consumer")
+
+#: Applies fresh events to the service's state inside the batch transaction.
+#: Runs in a worker thread; must not commit (the runtime does).
+Applier = Callable[[Session, Sequence[Envelope]], None]
+
+INFRA_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    stream: str
+    entry_id: str
+    fields: dict[bytes, bytes]
+
+
+@dataclass
+class BatchResult:
+    applied: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    dead: list[tuple[RawEntry, str]] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+
+
+def _is_infra(exc: BaseException) -> bool:
+    if isinstance(exc, INFRA_ERRORS):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class EventConsumer:
+    """Everything between a raw stream entry and an ack, independent of FastStream."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        group: str,
+        consumer: str,
+        redis: aredis.Redis,
+        engine: Engine,
+        tables: RuntimeTables,
+        appliers: dict[str, Applier],
+        metrics: RuntimeMetrics,
+        clock_now: Callable[[], datetime] | None = None,
+        reclaim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+        batch_size: int = 500,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.group = group
+        self.consumer = consumer
+        self.redis = redis
+        self.engine = engine
+        self.tables = tables
+        self.appliers = appliers
+        self.metrics = metrics
+        # Only stamps processed_at for operators; never a business date.
+        self._now = clock_now or (lambda: datetime.now(UTC))
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.batch_size = batch_size
+        self.after_commit = after_commit
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self.appliers)
+
+    # ------------------------------------------------------------------ groups
+
+    async def ensure_groups(self) -> None:
+        """XGROUP CREATE <stream> <group> 0 MKSTREAM for every stream (idempotent)."""
+        for stream in self.streams:
+            try:
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    # ------------------------------------------------------------------ batches
+
+    async def handle(self, stream: str, ids: Sequence[bytes | str], datas: Sequence[Any]) -> BatchResult:
+        """Process entries read from `stream` (by the subscriber or the reclaimer)."""
+        started = perf_counter()
+        entries = [
+            RawEntry(stream, i.decode() if isinstance(i, bytes) else i, dict(d or {}))
+            for i, d in zip(ids, datas, strict=True)
+        ]
+        result = BatchResult()
+        good: list[tuple[RawEntry, Envelope]] = []
+        for entry in entries:
+            if not entry.fields:
+                # Deleted from the stream while pending (XTRIM/XDEL): nothing to apply.
+                result.duplicates.append(entry.entry_id)
+                continue
+            try:
+                good.append((entry, decode_entry(stream, entry.fields)))
+            except DecodeError as exc:
+                result.dead.append((entry, str(exc)))
+
+        if good:
+            try:
+                applied, dups = await asyncio.to_thread(self._commit, stream, good)
+                result.applied += applied
+                result.duplicates += dups
+            except Exception as exc:
+                if _is_infra(exc) or len(good) == 1:
+                    for entry, _ in good:
+                        result.failed[entry.entry_id] = exc
+                else:
+                    # Isolate the failing entry: one transaction each.
+                    for entry, event in good:
+                        try:
+                            applied, dups = await asyncio.to_thread(
+                                self._commit, stream, [(entry, event)]
+                            )
+                            result.applied += applied
+                            result.duplicates += dups
+                        except Exception as one_exc:
+                            result.failed[entry.entry_id] = one_exc
+            if result.failed:
+                first = next(iter(result.failed.values()))
+                log.warning(
+                    "%s: %d entr%s of %s failed and stay pending: %r",
+                    self.service,
+                    len(result.failed),
+                    "y" if len(result.failed) == 1 else "ies",
+                    stream,
+                    first,
+                )
+                self.metrics.handler_failures.labels(self.service, stream).inc(len(result.failed))
+
+        await self._ack_and_dead_letter(stream, result.applied + result.duplicates, result.dead)
+        m = self.metrics.consumed
+        if result.applied:
+            m.labels(self.service, stream, "applied").inc(len(result.applied))
+        if result.duplicates:
+            m.labels(self.service, stream, "duplicate").inc(len(result.duplicates))
+        if result.dead:
+            m.labels(self.service, stream, "dead_letter").inc(len(result.dead))
+        self.metrics.batch_seconds.labels(self.service, stream).observe(perf_counter() - started)
+        if result.applied and self.after_commit is not None:
+            self.after_commit()
+        return result
+
+    def _commit(
+        self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
+    ) -> tuple[list[str], list[str]]:
+        processed = self.tables.processed
+        ids = [ev.id for _, ev in items]
+        with Session(self.engine) as session, session.begin():
+            seen = set(
+                session.execute(select(processed.c.event_id).where(processed.c.event_id.in_(ids)))
+                .scalars()
+                .all()
+            )
+            fresh: list[Envelope] = []
+            applied: list[str] = []
+            dups: list[str] = []
+            rows = []
+            now = self._now()
+            for entry, ev in items:
+                if ev.id in seen:
+                    dups.append(entry.entry_id)
+                    continue
+                seen.add(ev.id)
+                fresh.append(ev)
+                applied.append(entry.entry_id)
+                rows.append(
+                    {
+                        "event_id": ev.id,
+                        "stream": stream,
+                        "entry_id": entry.entry_id,
+                        "event_type": ev.type,
+                        "processed_at": now,
+                    }
+                )
+            if fresh:
+                self.appliers[stream](session, fresh)
+                session.execute(insert(processed), rows)
+        return applied, dups
+
+    async def _ack_and_dead_letter(
+        self, stream: str, ack_ids: list[str], dead: list[tuple[RawEntry, str]]
+    ) -> None:
+        if not ack_ids and not dead:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for entry, reason in dead:
+                pipe.xadd(DEAD_LETTERS, self._dead_letter_fields(entry, reason))
+            ids = ack_ids + [e.entry_id for e, _ in dead]
+            pipe.xack(stream, self.group, *ids)
+            await pipe.execute()
+        for entry, reason in dead:
+            log.warning(
+                "%s: dead-lettered %s %s: %s", self.service, stream, entry.entry_id, reason
+            )
+
+    def _dead_letter_fields(self, entry: RawEntry, reason: str) -> dict[bytes | str, bytes | str]:
+        fields: dict[bytes | str, bytes | str] = {
+            "reason": reason,
+            "source_stream": entry.stream,
+            "entry_id": entry.entry_id,
+            "group": self.group,
+            "consumer": self.consumer,
+            "failed_at": self._now().isoformat(),
+        }
+        # The original fields, byte for byte, under `original:<field>`.
+        for key, value in entry.fields.items():
+            fields[b"original:" + key] = value
+        return fields
+
+    # ------------------------------------------------------------------ reclaim
+
+    async def reclaim_once(self) -> int:
+        """Claim and process entries idle longer than `reclaim_idle_ms`; returns how many."""
+        total = 0
+        for stream in self.streams:
+            start: bytes | str = "0-0"
+            while True:
+                resp = await self.redis.xautoclaim(
+                    stream,
+                    self.group,
+                    self.consumer,
+                    min_idle_time=self.reclaim_idle_ms,
+                    start_id=start,
+                    count=self.batch_size,
+                )
+                start, claimed = resp[0], resp[1]
+                if claimed:
+                    total += len(claimed)
+                    self.metrics.reclaimed.labels(self.service, stream).inc(len(claimed))
+                    await self._process_claimed(stream, claimed)
+                if start in (b"0-0", "0-0"):
+                    break
+        return total
+
+    async def _process_claimed(self, stream: str, claimed: list[Any]) -> None:
+        ids = [c[0] for c in claimed]
+        counts: dict[bytes, int] = {}
+        pending = await self.redis.xpending_range(
+            stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 1000,
+            consumername=self.consumer,
+        )
+        for p in pending:
+            counts[p["message_id"]] = int(p["times_delivered"])
+        normal_ids, normal_data, over = [], [], []
+        for entry_id, data in claimed:
+            if counts.get(entry_id, 1) > self.max_deliveries:
+                over.append((entry_id, data))
+            else:
+                normal_ids.append(entry_id)
+                normal_data.append(data)
+        if normal_ids:
+            await self.handle(stream, normal_ids, normal_data)
+        for entry_id, data in over:
+            # One last try; a non-infrastructure failure makes it a dead letter.
+            res = await self.handle(stream, [entry_id], [data])
+            exc = res.failed.get(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
+            if exc is not None and not _is_infra(exc):
+                entry = RawEntry(stream, entry_id.decode(), dict(data or {}))
+                reason = (
+                    f"handler failed on {counts.get(entry_id)} deliveries "
+                    f"(max {self.max_deliveries}): {type(exc).__name__}: {exc}"
+                )[:2000]
+                await self._ack_and_dead_letter(stream, [], [(entry, reason)])
+                self.metrics.consumed.labels(self.service, stream, "dead_letter").inc()
+
+    async def reclaim_forever(self, interval_s: float, on_nogroup: Callable[[], Any]) -> None:
+        while True:
+            try:
+                await self.reclaim_once()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    log.error("%s: consumer group missing (Redis emptied?); recreating", self.service)
+                    await self.ensure_groups()
+                    res = on_nogroup()
+                    if asyncio.iscoroutine(res):
+                        await res
+                else:
+                    log.exception("%s: reclaim failed", self.service)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: reclaim failed", self.service)
+            await asyncio.sleep(interval_s)

@@ -1,0 +1,258 @@
+"""The skeleton every service shares: storage, migrations, the consumer on
+FastStream, the outbox relay, `/health`, `/metrics` and the OpenAPI document.
+
+Nothing here does I/O at import time: `ServiceRuntime.start()` runs in the app's
+lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+from fastapi import FastAPI, Response
+from faststream import AckPolicy, Context
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.message import RedisBatchStreamMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import MetaData, text
+from sqlalchemy.engine import Engine
+
+from .clock import Clock, SystemClock
+from .consumer import Applier, EventConsumer
+from .db import RuntimeTables, make_engine, migrate
+from .metrics import RuntimeMetrics
+from .outbox import OutboxRelay
+from .settings import RuntimeSettings
+
+log = logging.getLogger("idt.service")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What makes a service itself: its name, table prefix, migrations, tables."""
+
+    name: str
+    prefix: str
+    migrations: Path
+    metadata: MetaData
+    tables: RuntimeTables
+
+
+async def _raw_parser(msg: Any, _original: Any) -> RedisBatchStreamMessage:
+    # Leave the bytes alone: our codec decodes and dead-letters; FastStream's own
+    # message format must never see (or choke on) plain CloudEvent JSON.
+    return RedisBatchStreamMessage(
+        raw_message=msg,
+        body=b"",
+        consumer=None,  # type: ignore[arg-type]
+        group=None,
+        message_id="batch",
+        correlation_id="batch",
+    )
+
+
+async def _raw_decoder(_msg: Any, _original: Any) -> None:
+    return None
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: RuntimeSettings,
+        *,
+        appliers: dict[str, Applier] | None = None,
+        clock: Clock | None = None,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.appliers = appliers or {}
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or RuntimeMetrics(spec.name)
+        self.engine: Engine | None = None
+        self.redis: aredis.Redis | None = None
+        self.broker: RedisBroker | None = None
+        self.consumer: EventConsumer | None = None
+        self.relay: OutboxRelay | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        s = self.settings
+        self.engine = make_engine(s.database_url_for(self.spec.name))
+        await asyncio.to_thread(
+            migrate, self.engine, self.spec.migrations, f"{self.spec.prefix}_alembic_version"
+        )
+        self.redis = aredis.from_url(s.redis_url)
+        await self.redis.ping()
+        self.relay = OutboxRelay(
+            service=self.spec.name,
+            engine=self.engine,
+            tables=self.spec.tables,
+            redis=self.redis,
+            metrics=self.metrics,
+            batch_size=s.batch_size,
+        )
+        self._tasks.append(asyncio.create_task(self.relay.run_forever()))
+        if self.appliers:
+            await self._start_consumer()
+
+    async def _start_consumer(self) -> None:
+        assert self.engine is not None and self.redis is not None and self.relay is not None
+        s = self.settings
+        name = s.consumer_name(self.spec.name)
+        self.consumer = EventConsumer(
+            service=self.spec.name,
+            group=self.spec.name,
+            consumer=name,
+            redis=self.redis,
+            engine=self.engine,
+            tables=self.spec.tables,
+            appliers=self.appliers,
+            metrics=self.metrics,
+            clock_now=self.clock.now,
+            reclaim_idle_ms=s.reclaim_idle_ms,
+            max_deliveries=s.max_deliveries,
+            batch_size=s.batch_size,
+            after_commit=self.relay.notify,
+        )
+        await self.consumer.ensure_groups()
+        self.broker = RedisBroker(
+            s.redis_url, logger=logging.getLogger("idt.faststream"), log_level=logging.DEBUG
+        )
+        consumer = self.consumer
+        for stream in consumer.streams:
+
+            def make_handler(stream: str) -> Callable[..., Any]:
+                async def on_batch(
+                    _body: Any, message: RedisBatchStreamMessage = Context("message")
+                ) -> None:
+                    raw = message.raw_message
+                    await consumer.handle(stream, raw["message_ids"], raw["data"])
+
+                on_batch.__name__ = f"on_{stream.replace(':', '_').replace('-', '_')}"
+                return on_batch
+
+            self.broker.subscriber(
+                stream=StreamSub(
+                    stream,
+                    group=self.spec.name,
+                    consumer=name,
+                    batch=True,
+                    max_records=s.batch_size,
+                    polling_interval=s.block_ms,
+                ),
+                parser=_raw_parser,
+                decoder=_raw_decoder,
+                ack_policy=AckPolicy.MANUAL,
+            )(make_handler(stream))
+        await self.broker.start()
+        self.metrics.consumer_up.labels(self.spec.name).set(1)
+        self._tasks.append(
+            asyncio.create_task(
+                self.consumer.reclaim_forever(s.reclaim_interval_s, self._restart_subscribers)
+            )
+        )
+
+    async def _restart_subscribers(self) -> None:
+        """After NOGROUP (Redis emptied), FastStream stops the subscriber: start it again."""
+        if self.broker is None:
+            return
+        for sub in self.broker.subscribers:
+            if not getattr(sub, "running", True):
+                await sub.start()
+
+    def subscribers_running(self) -> bool:
+        if self.broker is None:
+            return not self.appliers
+        return all(getattr(sub, "running", False) for sub in self.broker.subscribers)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await self.relay.flush()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.engine is not None:
+            self.engine.dispose()
+
+    # ------------------------------------------------------------------ health
+
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, str] = {}
+        try:
+            assert self.redis is not None
+            await self.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {exc!r}"
+        try:
+            assert self.engine is not None
+            engine = self.engine
+
+            def ping() -> None:
+                with engine.connect() as c:
+                    c.execute(text("SELECT 1"))
+
+            await asyncio.to_thread(ping)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {exc!r}"
+        running = self.subscribers_running()
+        self.metrics.consumer_up.labels(self.spec.name).set(1 if running else 0)
+        checks["subscribers"] = "ok" if running else "stopped"
+        status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
+        return {"service": self.spec.name, "status": status, "checks": checks}
+
+
+def build_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    description: str,
+    routers: list[Any],
+) -> FastAPI:
+    """A FastAPI app whose lifespan starts and stops the runtime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan)
+    app.state.runtime = runtime
+
+    @app.get("/health", tags=["operations"], summary="Liveness and dependencies")
+    async def health(response: Response) -> dict[str, Any]:
+        body = await runtime.health()
+        if body["status"] != "ok":
+            response.status_code = 503
+        return body
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
