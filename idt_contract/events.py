@@ -112,6 +112,17 @@ class ClaimRegisteredData(_ClaimData):
     claim_start_date: date
     contact_centre_id: OfficeId
 
+    @model_validator(mode="after")
+    def _not_a_raw_nino(self) -> ClaimRegisteredData:
+        import re
+
+        if re.fullmatch(r"[A-Za-z]{2}\d{6}[A-Za-z]?", self.customer_ref.replace(" ", "")):
+            raise ValueError(
+                "customer_ref looks like a raw National Insurance number; publish the "
+                "pseudonymous reference (keyed HMAC) instead"
+            )
+        return self
+
 
 class MarkerSetData(_ClaimData):
     marker: MarkerName
@@ -236,73 +247,101 @@ class _Envelope(BaseModel):
 
 
 class OfficeRegistered(_Envelope):
+    """An office joins or changes in the registry (Jobcentre, Contact Centre or BDC)."""
+
     claim_event: ClassVar[bool] = False
     type: Literal["office-registered"] = "office-registered"
     data: OfficeRegisteredData
 
 
 class ClaimRegistered(_Envelope):
+    """A Contact Centre registered a claim."""
+
     type: Literal["claim-registered"] = "claim-registered"
     data: ClaimRegisteredData
 
 
 class MarkerSet(_Envelope):
+    """A JP marker (primary benefit, or owning Jobcentre) was set or changed."""
+
     type: Literal["marker-set"] = "marker-set"
     data: MarkerSetData
 
 
 class ClaimCleared(_Envelope):
+    """A BDC decided eligibility; ELIGIBLE opens the claim's IDT windows."""
+
     type: Literal["claim-cleared"] = "claim-cleared"
     data: ClaimClearedData
 
 
 class InterviewBooked(_Envelope):
+    """A Jobcentre booked an interview slot."""
+
     type: Literal["interview-booked"] = "interview-booked"
     data: InterviewBookedData
 
 
 class InterviewConducted(_Envelope):
+    """An interview took place (the event's time is when)."""
+
     type: Literal["interview-conducted"] = "interview-conducted"
     data: InterviewConductedData
 
 
 class InterviewFailedToAttend(_Envelope):
+    """The customer did not attend a booked slot."""
+
     type: Literal["interview-failed-to-attend"] = "interview-failed-to-attend"
     data: InterviewFailedToAttendData
 
 
 class InterviewWaived(_Envelope):
+    """An adviser waived the interview."""
+
     type: Literal["interview-waived"] = "interview-waived"
     data: InterviewWaivedData
 
 
 class InterviewDeferred(_Envelope):
+    """An adviser deferred the interview."""
+
     type: Literal["interview-deferred"] = "interview-deferred"
     data: InterviewDeferredData
 
 
 class LmiDoubtRaised(_Envelope):
+    """A labour-market doubt (not available, refused work) was raised."""
+
     type: Literal["lmi-doubt-raised"] = "lmi-doubt-raised"
     data: LmiDoubtRaisedData
 
 
 class LmiFollowUpConducted(_Envelope):
+    """The labour-market follow-up was done."""
+
     type: Literal["lmi-follow-up-conducted"] = "lmi-follow-up-conducted"
     data: LmiFollowUpConductedData
 
 
 class ClaimClosed(_Envelope):
+    """The claim ended (job outcome or other)."""
+
     type: Literal["claim-closed"] = "claim-closed"
     data: ClaimClosedData
 
 
 class ClockTick(_Envelope):
+    """Business time advanced to the event's time."""
+
     claim_event: ClassVar[bool] = False
     type: Literal["clock-tick"] = "clock-tick"
     data: ClockTickData | None = None
 
 
 class WindowAlert(_Envelope):
+    """An alert to one office about one IDT window."""
+
     type: Literal["window-alert"] = "window-alert"
     data: WindowAlertData
 

@@ -105,6 +105,10 @@ class EventConsumer:
         self.max_deliveries = max_deliveries
         self.batch_size = batch_size
         self.after_commit = after_commit
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
 
     @property
     def streams(self) -> list[str]:
@@ -311,7 +315,7 @@ class EventConsumer:
                 self.metrics.consumed.labels(self.service, stream, "dead_letter").inc()
 
     async def reclaim_forever(self, interval_s: float, on_nogroup: Callable[[], Any]) -> None:
-        while True:
+        while self._running:
             try:
                 await self.reclaim_once()
             except ResponseError as exc:

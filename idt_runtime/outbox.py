@@ -64,6 +64,11 @@ class OutboxRelay:
         self.batch_size = batch_size
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
+        self._wake.set()
 
     def notify(self) -> None:
         self._wake.set()
@@ -110,15 +115,20 @@ class OutboxRelay:
                 published += len(rows)
 
     async def run_forever(self, interval_s: float = 1.0) -> None:
-        while True:
+        # A stop flag besides cancellation: on Python 3.11 `wait_for` can turn a
+        # cancellation that races its timeout into a TimeoutError and lose it.
+        while self._running:
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("%s: outbox relay could not publish yet: %r", self.service, exc)
+            if not self._running:
+                return
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=interval_s)
+                async with asyncio.timeout(interval_s):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

@@ -177,21 +177,32 @@ class ServiceRuntime:
         return all(getattr(sub, "running", False) for sub in self.broker.subscribers)
 
     async def stop(self) -> None:
+        """Stop in order, each step bounded so a stuck dependency cannot hang shutdown."""
+        if self.consumer is not None:
+            self.consumer.stop()
+        if self.relay is not None:
+            self.relay.stop()
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            await self._bounded("background tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         self._tasks.clear()
         if self.broker is not None:
-            await self.broker.stop()
+            await self._bounded("broker", self.broker.stop())
         if self.relay is not None:
-            with contextlib.suppress(Exception):
-                await self.relay.flush()
+            await self._bounded("outbox flush", self.relay.flush())
         if self.redis is not None:
-            await self.redis.aclose()
+            await self._bounded("redis", self.redis.aclose())
         if self.engine is not None:
             self.engine.dispose()
+
+    async def _bounded(self, what: str, aw: Any, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(aw, timeout)
+        except TimeoutError:
+            log.error("%s: stopping %s took over %.0fs; moving on", self.spec.name, what, timeout)
+        except Exception as exc:
+            log.warning("%s: stopping %s failed: %r", self.spec.name, what, exc)
 
     # ------------------------------------------------------------------ health
 

@@ -98,6 +98,9 @@ APPLIERS = {
     stream_for("claim-cleared"): apply_clearances,
 }
 
+#: Streams this service publishes to (through its outbox).
+PUBLISHES = (stream_for("claim-registered"), stream_for("marker-set"))
+
 # ---------------------------------------------------------------- intake commands
 
 

@@ -1,0 +1,307 @@
+"""The consuming guarantees of issue 2, on a real Redis, through a real service."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import MetaData, func, select
+from sqlmodel import Session
+
+from idt_contract import Envelope, entry_fields
+from idt_contract.events import (
+    Benefit,
+    ClaimRegistered,
+    ClaimRegisteredData,
+    MarkerName,
+    MarkerSet,
+    MarkerSetData,
+    make_event,
+)
+from idt_runtime.db import make_engine, runtime_tables
+from idt_runtime.embedded_redis import redis_server_binary
+from idt_runtime.metrics import RuntimeMetrics
+from idt_runtime.clock import FixedClock
+from idt_runtime.consumer import EventConsumer
+from services.contact_centre.app import ContactCentreSettings, create_app
+from services.contact_centre.models import TABLES, CcClaim, CcMarker
+from tests.conftest import t, wait_for
+from tests.helpers import register_offices, xadd
+from tests.samples import sample
+
+
+def claim_registered(claim_id: str, *, event_id: str | None = None) -> Envelope:
+    return make_event(
+        ClaimRegistered,
+        source="/offices/CC01",
+        time=t("2007-06-01"),
+        data=ClaimRegisteredData(
+            claim_id=claim_id,
+            customer_ref="cr_" + "0" * 20,
+            benefit=Benefit.IB,
+            claim_start_date=t("2007-06-01").date(),
+            contact_centre_id="CC01",
+        ),
+        id=event_id,
+    )
+
+
+def marker(claim_id: str, value: str, *, day: str = "2007-06-01", event_id: str | None = None):
+    return make_event(
+        MarkerSet,
+        source="/offices/CC01",
+        time=t(day),
+        data=MarkerSetData(claim_id=claim_id, marker=MarkerName.JOBCENTRE, value=value),
+        id=event_id,
+    )
+
+
+@pytest.fixture
+def cc(redis_url, var_dir):
+    settings = ContactCentreSettings(
+        redis_url=redis_url,
+        var_dir=var_dir,
+        environment="test",
+        reclaim_idle_ms=300,
+        reclaim_interval_s=0.2,
+        max_deliveries=3,
+        block_ms=50,
+    )
+    app = create_app(settings, FixedClock(datetime(2007, 6, 10, 9, tzinfo=UTC)))
+    with TestClient(app) as client:
+        yield client
+
+
+def engine_of(client: TestClient):
+    return client.app.state.runtime.engine
+
+
+def count(client: TestClient, model) -> int:
+    with Session(engine_of(client)) as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def jobcentre_marker(client: TestClient, claim_id: str) -> str | None:
+    with Session(engine_of(client)) as s:
+        row = s.get(CcMarker, (claim_id, MarkerName.JOBCENTRE.value))
+        return row.value if row else None
+
+
+def test_events_published_before_the_service_first_starts_are_consumed(redis_url, var_dir, r):
+    # The group is created at 0, not `$`: a replay that starts first keeps its head.
+    xadd(r, claim_registered("EARLY-1"))
+    settings = ContactCentreSettings(redis_url=redis_url, var_dir=var_dir, environment="test")
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: count(client, CcClaim) == 1)
+
+
+def test_raw_redis_cli_xadd_is_consumed(cc, redis_url):
+    doc = sample("claim-registered", id="raw-1")
+    doc["data"]["claim_id"] = doc["subject"] = "RAW-1"
+    cli = str(Path(redis_server_binary()).with_name("redis-cli"))
+    out = subprocess.run(
+        [cli, "-u", redis_url, "XADD", "idt:claim-registered", "*", "__data__", json.dumps(doc)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip()
+    wait_for(lambda: count(cc, CcClaim) == 1)
+    with Session(engine_of(cc)) as s:
+        assert s.get(CcClaim, "RAW-1").benefit == "IB"
+
+
+def test_garbage_goes_to_dead_letters_and_the_next_event_is_processed(cc, r):
+    bad_id = r.xadd("idt:claim-registered", {"__data__": b"{not json\xff"}).decode()
+    wrong_type = sample("marker-set", id="wrong-stream")
+    wrong_id = r.xadd("idt:claim-registered", {"__data__": json.dumps(wrong_type)}).decode()
+    no_data_id = r.xadd("idt:claim-registered", {"payload": b"hello"}).decode()
+    xadd(r, claim_registered("GOOD-1"))
+
+    wait_for(lambda: count(cc, CcClaim) == 1)
+    letters = wait_for(lambda: r.xrange("idt:dead-letters") if r.xlen("idt:dead-letters") == 3 else None)
+    by_entry = {f[b"entry_id"].decode(): f for _, f in letters}
+    assert set(by_entry) == {bad_id, wrong_id, no_data_id}
+
+    garbage = by_entry[bad_id]
+    assert garbage[b"original:__data__"] == b"{not json\xff"  # byte for byte
+    assert garbage[b"source_stream"] == b"idt:claim-registered"
+    assert garbage[b"group"] == b"contact_centre"
+    assert b"not UTF-8" in garbage[b"reason"]
+    assert b"on the stream for 'claim-registered'" in by_entry[wrong_id][b"reason"]
+    assert by_entry[no_data_id][b"original:payload"] == b"hello"
+    assert b"no __data__ field" in by_entry[no_data_id][b"reason"]
+
+    # Everything was acked: nothing left pending for the group.
+    wait_for(lambda: r.xpending("idt:claim-registered", "contact_centre")["pending"] == 0)
+
+
+def test_the_same_event_delivered_twice_changes_nothing(cc, r):
+    xadd(r, claim_registered("DUP-1"))
+    first = marker("DUP-1", "JC0101", event_id="marker-evt-1")
+    xadd(r, first)
+    wait_for(lambda: jobcentre_marker(cc, "DUP-1") == "JC0101")
+    # Redelivered (same CloudEvent id), even with a later time and other content:
+    replay = marker("DUP-1", "JC0102", day="2007-06-05", event_id="marker-evt-1")
+    xadd(r, replay)
+    xadd(r, first)
+    wait_for(lambda: r.xpending("idt:marker-set", "contact_centre")["pending"] == 0)
+    metrics = cc.get("/metrics").text
+    wait_for(
+        lambda: 'idt_events_consumed_total{result="duplicate",service="contact_centre",'
+        'stream="idt:marker-set"} 2.0' in cc.get("/metrics").text
+    )
+    assert jobcentre_marker(cc, "DUP-1") == "JC0101"
+    assert "idt_events_consumed_total" in metrics
+
+
+def test_an_entry_read_by_a_consumer_that_died_before_acking_is_reclaimed(cc, r):
+    # A consumer of the same group reads an entry and dies without acking it.
+    xadd(r, claim_registered("ORPHAN-1"))
+    wait_for(lambda: count(cc, CcClaim) == 1)  # the live consumer is up and idle
+    xadd_id = None
+
+    # Pause the live consumer's view by reading as a ghost first: XREADGROUP ">"
+    # hands the next entry to whoever asks first, so publish and read atomically.
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd("idt:claim-registered", entry_fields(claim_registered("ORPHAN-2")))
+    pipe.xreadgroup("contact_centre", "ghost-consumer", {"idt:claim-registered": ">"}, count=10)
+    xadd_id, read = pipe.execute()
+    assert read and read[0][1][0][0] == xadd_id, "the ghost consumer got the entry"
+    pending = r.xpending_range("idt:claim-registered", "contact_centre", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"ghost-consumer"]
+
+    # The ghost never acks; the live service claims it once idle and applies it.
+    wait_for(lambda: count(cc, CcClaim) == 2, timeout=15)
+    wait_for(lambda: r.xpending("idt:claim-registered", "contact_centre")["pending"] == 0)
+    assert 'idt_entries_reclaimed_total{service="contact_centre"' in cc.get("/metrics").text
+
+
+def test_redis_emptied_under_a_running_service_recovers(cc, r):
+    xadd(r, claim_registered("BEFORE-1"))
+    wait_for(lambda: count(cc, CcClaim) == 1)
+    r.flushdb()  # streams and groups gone (a Redis restarted without persistence)
+    xadd(r, claim_registered("AFTER-1"))
+    wait_for(lambda: count(cc, CcClaim) == 2, timeout=20)
+    wait_for(lambda: cc.get("/health").status_code == 200)
+
+
+# ---------------------------------------------------------------- poison entries
+
+
+class FailOn:
+    """A fake applier: fails on one claim id, records the others."""
+
+    def __init__(self, claim_id: str, exc: Exception) -> None:
+        self.claim_id = claim_id
+        self.exc = exc
+        self.applied: list[str] = []
+        self.calls = 0
+
+    def __call__(self, session: Session, events: Sequence[Envelope]) -> None:
+        self.calls += 1
+        for ev in events:
+            if ev.data.claim_id == self.claim_id:  # type: ignore[union-attr]
+                raise self.exc
+        self.applied += [ev.data.claim_id for ev in events]  # type: ignore[union-attr]
+
+
+async def _consumer(redis_url: str, tmp: Path, applier, **kw) -> tuple[EventConsumer, object]:
+    import redis.asyncio as aredis
+
+    metadata = MetaData()
+    tables = runtime_tables("tst", metadata)
+    engine = make_engine(f"sqlite:///{tmp}/tst.db")
+    metadata.create_all(engine)  # a throwaway schema for the runtime's own tables
+    client = aredis.from_url(redis_url)
+    consumer = EventConsumer(
+        service="tst",
+        group="tst",
+        consumer="tst-1",
+        redis=client,
+        engine=engine,
+        tables=tables,
+        appliers={"idt:claim-registered": applier},
+        metrics=RuntimeMetrics("tst"),
+        **kw,
+    )
+    await consumer.ensure_groups()
+    return consumer, client
+
+
+async def _read(consumer: EventConsumer, client) -> None:
+    resp = await client.xreadgroup(
+        consumer.group, consumer.consumer, {"idt:claim-registered": ">"}, count=100
+    )
+    for stream, entries in resp:
+        await consumer.handle(stream.decode(), [e[0] for e in entries], [e[1] for e in entries])
+
+
+@pytest.mark.asyncio
+async def test_a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_rest_flows(
+    redis_url, tmp_path
+):
+    import asyncio
+
+    r = redis.Redis.from_url(redis_url)
+    applier = FailOn("POISON", ValueError("cannot apply this claim"))
+    consumer, client = await _consumer(
+        redis_url, tmp_path, applier, reclaim_idle_ms=10, max_deliveries=3
+    )
+    for cid in ("OK-1", "POISON", "OK-2"):
+        xadd(r, claim_registered(cid))
+    await _read(consumer, client)
+    # The batch failed as a whole, then each entry was retried alone: the good
+    # ones are applied and acked, the poison stays pending.
+    assert sorted(applier.applied) == ["OK-1", "OK-2"]
+    assert r.xpending("idt:claim-registered", "tst")["pending"] == 1
+    assert r.xlen("idt:dead-letters") == 0
+
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+        await consumer.reclaim_once()
+    letters = r.xrange("idt:dead-letters")
+    assert len(letters) == 1
+    fields = letters[0][1]
+    assert b"handler failed on 4 deliveries (max 3): ValueError: cannot apply this claim" in (
+        fields[b"reason"]
+    )
+    assert r.xpending("idt:claim-registered", "tst")["pending"] == 0
+
+    xadd(r, claim_registered("OK-3"))
+    await _read(consumer, client)
+    assert sorted(applier.applied) == ["OK-1", "OK-2", "OK-3"]
+    await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_database_outage_never_dead_letters(redis_url, tmp_path):
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    r = redis.Redis.from_url(redis_url)
+    applier = FailOn("C-1", OperationalError("SELECT 1", {}, Exception("database is down")))
+    consumer, client = await _consumer(
+        redis_url, tmp_path, applier, reclaim_idle_ms=10, max_deliveries=2
+    )
+    xadd(r, claim_registered("C-1"))
+    await _read(consumer, client)
+    for _ in range(6):
+        await asyncio.sleep(0.02)
+        await consumer.reclaim_once()
+    assert r.xlen("idt:dead-letters") == 0
+    assert r.xpending("idt:claim-registered", "tst")["pending"] == 1
+    # The database comes back: the next reclaim applies and acks it.
+    applier.claim_id = "nothing-fails-now"
+    await asyncio.sleep(0.02)
+    await consumer.reclaim_once()
+    assert applier.applied == ["C-1"]
+    assert r.xpending("idt:claim-registered", "tst")["pending"] == 0
+    await client.aclose()
