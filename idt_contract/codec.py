@@ -60,7 +60,9 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DecodeError(f"__data__ is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}") from None
+        raise DecodeError(
+            f"__data__ is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
     if not isinstance(doc, dict):
         raise DecodeError("__data__ is not a JSON object (a CloudEvent is an object)")
     etype = doc.get("type")

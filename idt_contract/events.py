@@ -401,7 +401,7 @@ def make_event(
 ) -> _Envelope:
     """Build an envelope; `subject` is set to the claim id for claim events."""
     subject = getattr(data, "claim_id", None) if event_cls.claim_event else None
-    return event_cls(
+    return event_cls(  # type: ignore[call-arg]
         id=id or new_event_id(),
         source=source,
         time=time,

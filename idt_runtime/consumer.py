@@ -127,7 +127,9 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ batches
 
-    async def handle(self, stream: str, ids: Sequence[bytes | str], datas: Sequence[Any]) -> BatchResult:
+    async def handle(
+        self, stream: str, ids: Sequence[bytes | str], datas: Sequence[Any]
+    ) -> BatchResult:
         """Process entries read from `stream` (by the subscriber or the reclaimer)."""
         started = perf_counter()
         entries = [
@@ -240,12 +242,10 @@ class EventConsumer:
             pipe.xack(stream, self.group, *ids)
             await pipe.execute()
         for entry, reason in dead:
-            log.warning(
-                "%s: dead-lettered %s %s: %s", self.service, stream, entry.entry_id, reason
-            )
+            log.warning("%s: dead-lettered %s %s: %s", self.service, stream, entry.entry_id, reason)
 
-    def _dead_letter_fields(self, entry: RawEntry, reason: str) -> dict[bytes | str, bytes | str]:
-        fields: dict[bytes | str, bytes | str] = {
+    def _dead_letter_fields(self, entry: RawEntry, reason: str) -> dict[Any, Any]:
+        fields: dict[Any, Any] = {
             "reason": reason,
             "source_stream": entry.stream,
             "entry_id": entry.entry_id,
@@ -285,9 +285,13 @@ class EventConsumer:
 
     async def _process_claimed(self, stream: str, claimed: list[Any]) -> None:
         ids = [c[0] for c in claimed]
-        counts: dict[bytes, int] = {}
+        counts: dict[Any, int] = {}
         pending = await self.redis.xpending_range(
-            stream, self.group, min=ids[0], max=ids[-1], count=len(ids) + 1000,
+            stream,
+            self.group,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids) + 1000,
             consumername=self.consumer,
         )
         for p in pending:
@@ -320,7 +324,9 @@ class EventConsumer:
                 await self.reclaim_once()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    log.error("%s: consumer group missing (Redis emptied?); recreating", self.service)
+                    log.error(
+                        "%s: consumer group missing (Redis emptied?); recreating", self.service
+                    )
                     await self.ensure_groups()
                     res = on_nogroup()
                     if asyncio.iscoroutine(res):

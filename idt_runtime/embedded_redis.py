@@ -71,7 +71,10 @@ class EmbeddedRedis:
             if self.proc.poll() is not None:
                 log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {log}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as c:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2) as c,
+            ):
                 c.sendall(b"PING\r\n")
                 if c.recv(16).startswith(b"+PONG"):
                     return self

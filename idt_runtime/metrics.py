@@ -13,8 +13,7 @@ class RuntimeMetrics:
         r = self.registry
         self.consumed = Counter(
             "idt_events_consumed_total",
-            "Stream entries a service finished with, by result "
-            "(applied, duplicate, dead_letter).",
+            "Stream entries a service finished with, by result (applied, duplicate, dead_letter).",
             ["service", "stream", "result"],
             registry=r,
         )

@@ -29,7 +29,11 @@ log = logging.getLogger("idt.outbox")
 
 
 def add_to_outbox(
-    session: Session, tables: RuntimeTables, events: Iterable[Envelope], *, stream: str | None = None
+    session: Session,
+    tables: RuntimeTables,
+    events: Iterable[Envelope],
+    *,
+    stream: str | None = None,
 ) -> None:
     """Queue events for publication inside the caller's transaction."""
     rows = [
@@ -87,9 +91,7 @@ class OutboxRelay:
     def _mark(self, seqs: list[int]) -> int:
         o = self.tables.outbox
         with Session(self.engine) as s, s.begin():
-            s.execute(
-                update(o).where(o.c.seq.in_(seqs)).values(published_at=datetime.now(UTC))
-            )
+            s.execute(update(o).where(o.c.seq.in_(seqs)).values(published_at=datetime.now(UTC)))
             left = s.execute(
                 select(func.count()).select_from(o).where(o.c.published_at.is_(None))
             ).scalar_one()

@@ -1,6 +1,6 @@
 """Developer tool: autogenerate a migration for a service from its models.
 
-    python -m idt_runtime.revision contact_centre "add x"
+python -m idt_runtime.revision contact_centre "add x"
 """
 
 from __future__ import annotations

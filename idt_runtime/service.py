@@ -134,7 +134,8 @@ class ServiceRuntime:
 
             def make_handler(stream: str) -> Callable[..., Any]:
                 async def on_batch(
-                    _body: Any, message: RedisBatchStreamMessage = Context("message")
+                    _body: Any,
+                    message: RedisBatchStreamMessage = Context("message"),  # noqa: B008
                 ) -> None:
                     raw = message.raw_message
                     await consumer.handle(stream, raw["message_ids"], raw["data"])
@@ -185,7 +186,9 @@ class ServiceRuntime:
         for t in self._tasks:
             t.cancel()
         if self._tasks:
-            await self._bounded("background tasks", asyncio.gather(*self._tasks, return_exceptions=True))
+            await self._bounded(
+                "background tasks", asyncio.gather(*self._tasks, return_exceptions=True)
+            )
         self._tasks.clear()
         if self.broker is not None:
             await self._bounded("broker", self.broker.stop())
@@ -196,11 +199,11 @@ class ServiceRuntime:
         if self.engine is not None:
             self.engine.dispose()
 
-    async def _bounded(self, what: str, aw: Any, timeout: float = 10.0) -> None:
+    async def _bounded(self, what: str, aw: Any, limit_s: float = 10.0) -> None:
         try:
-            await asyncio.wait_for(aw, timeout)
+            await asyncio.wait_for(aw, limit_s)
         except TimeoutError:
-            log.error("%s: stopping %s took over %.0fs; moving on", self.spec.name, what, timeout)
+            log.error("%s: stopping %s took over %.0fs; moving on", self.spec.name, what, limit_s)
         except Exception as exc:
             log.warning("%s: stopping %s failed: %r", self.spec.name, what, exc)
 

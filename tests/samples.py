@@ -30,7 +30,9 @@ DATA: dict[str, dict[str, Any] | None] = {
     "interview-failed-to-attend": {
         "claim_id": "C1", "intervention": "IB_INITIAL_WFI", "slot_date": "2007-07-30",
     },
-    "interview-waived": {"claim_id": "C1", "intervention": "IB_INITIAL_WFI", "reason": "in hospital"},
+    "interview-waived": {
+        "claim_id": "C1", "intervention": "IB_INITIAL_WFI", "reason": "in hospital",
+    },
     "interview-deferred": {
         "claim_id": "C1", "intervention": "LP_WFI_REVIEW", "deferred_to": "2007-09-01",
         "reason": "caring responsibilities",

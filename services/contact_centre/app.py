@@ -180,9 +180,7 @@ def create_app(
             events=[EventRef(id=e.id, type=e.type) for e in events],
         )
 
-    @router.put(
-        "/claims/{claim_id}/markers/{marker}", response_model=MarkerOut, tags=["intake"]
-    )
+    @router.put("/claims/{claim_id}/markers/{marker}", response_model=MarkerOut, tags=["intake"])
     async def set_marker(claim_id: ClaimId, marker: MarkerName, body: MarkerIn) -> MarkerOut:
         """Change one JP marker; publishes `marker-set` when the value changes."""
         cmd = handlers.SetMarker(

@@ -269,7 +269,11 @@ class ReportRow:
 
 
 def jp_process_report(
-    session: Session, as_of: date, *, contact_centre_id: str | None = None, eligible_only: bool = False
+    session: Session,
+    as_of: date,
+    *,
+    contact_centre_id: str | None = None,
+    eligible_only: bool = False,
 ) -> list[ReportRow]:
     offices = load_offices(session)
     markers: dict[tuple[str, str], str] = {

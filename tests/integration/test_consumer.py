@@ -24,15 +24,15 @@ from idt_contract.events import (
     MarkerSetData,
     make_event,
 )
+from idt_runtime.clock import FixedClock
+from idt_runtime.consumer import EventConsumer
 from idt_runtime.db import make_engine, runtime_tables
 from idt_runtime.embedded_redis import redis_server_binary
 from idt_runtime.metrics import RuntimeMetrics
-from idt_runtime.clock import FixedClock
-from idt_runtime.consumer import EventConsumer
 from services.contact_centre.app import ContactCentreSettings, create_app
-from services.contact_centre.models import TABLES, CcClaim, CcMarker
+from services.contact_centre.models import CcClaim, CcMarker
 from tests.conftest import t, wait_for
-from tests.helpers import register_offices, xadd
+from tests.helpers import xadd
 from tests.samples import sample
 
 
@@ -125,7 +125,9 @@ def test_garbage_goes_to_dead_letters_and_the_next_event_is_processed(cc, r):
     xadd(r, claim_registered("GOOD-1"))
 
     wait_for(lambda: count(cc, CcClaim) == 1)
-    letters = wait_for(lambda: r.xrange("idt:dead-letters") if r.xlen("idt:dead-letters") == 3 else None)
+    letters = wait_for(
+        lambda: r.xrange("idt:dead-letters") if r.xlen("idt:dead-letters") == 3 else None
+    )
     by_entry = {f[b"entry_id"].decode(): f for _, f in letters}
     assert set(by_entry) == {bad_id, wrong_id, no_data_id}
 
@@ -154,8 +156,10 @@ def test_the_same_event_delivered_twice_changes_nothing(cc, r):
     wait_for(lambda: r.xpending("idt:marker-set", "contact_centre")["pending"] == 0)
     metrics = cc.get("/metrics").text
     wait_for(
-        lambda: 'idt_events_consumed_total{result="duplicate",service="contact_centre",'
-        'stream="idt:marker-set"} 2.0' in cc.get("/metrics").text
+        lambda: (
+            'idt_events_consumed_total{result="duplicate",service="contact_centre",'
+            'stream="idt:marker-set"} 2.0' in cc.get("/metrics").text
+        )
     )
     assert jobcentre_marker(cc, "DUP-1") == "JC0101"
     assert "idt_events_consumed_total" in metrics
@@ -269,8 +273,9 @@ async def test_a_poison_entry_is_dead_lettered_after_max_deliveries_and_the_rest
     letters = r.xrange("idt:dead-letters")
     assert len(letters) == 1
     fields = letters[0][1]
-    assert b"handler failed on 4 deliveries (max 3): ValueError: cannot apply this claim" in (
-        fields[b"reason"]
+    assert (
+        b"handler failed on 4 deliveries (max 3): ValueError: cannot apply this claim"
+        in (fields[b"reason"])
     )
     assert r.xpending("idt:claim-registered", "tst")["pending"] == 0
 

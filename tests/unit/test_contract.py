@@ -149,7 +149,9 @@ def test_any_bytes_give_an_event_or_a_decode_error(payload):
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-        lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+        lambda kids: (
+            st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4)
+        ),
         max_leaves=20,
     )
 )

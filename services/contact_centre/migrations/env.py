@@ -1,6 +1,7 @@
 from alembic import context
+from sqlmodel import SQLModel
 
 from idt_runtime.migration_env import run
-from services.contact_centre.models import PREFIX, SQLModel
+from services.contact_centre.models import PREFIX
 
 run(context, SQLModel.metadata, PREFIX)
