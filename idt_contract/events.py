@@ -211,6 +211,58 @@ class WindowAlertData(_ClaimData):
     opens: dict[Literal["policy", "measured"], date]
     closes: dict[Literal["policy", "measured"], date]
     office_id: OfficeId
+    # Optional additions beyond spec §6 (contract v1.1; consumers may ignore them):
+    window_id: Annotated[str, StringConstraints(max_length=160)] | None = None
+    #: True when the policy and measured windows differ (report §6.5.3).
+    bases_conflict: bool | None = None
+    slot_date: date | None = None
+    detail: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class WindowOutcomeKind(StrEnum):
+    MET = "MET"
+    WAIVED = "WAIVED"
+    DEFERRED = "DEFERRED"
+    MISSED = "MISSED"
+    CANCELLED = "CANCELLED"
+    #: A revision saying an earlier final outcome no longer holds (a late event
+    #: reopened the window); the window counts nowhere until it is final again.
+    PENDING = "PENDING"
+    #: The window no longer exists (eligibility overturned, LP chain re-dated).
+    WITHDRAWN = "WITHDRAWN"
+
+
+class Element(StrEnum):
+    IB = "IB"
+    LP = "LP"
+    JSA = "JSA"
+    LMI = "LMI"
+
+
+class StageName(StrEnum):
+    CONTACT_CENTRE = "CONTACT_CENTRE"
+    BDC = "BDC"
+    JOBCENTRE = "JOBCENTRE"
+
+
+class WindowOutcomeData(_ClaimData):
+    """One window's outcome on one basis; the highest revision is the current one."""
+
+    window_id: Annotated[str, StringConstraints(min_length=1, max_length=160)]
+    element: Element
+    intervention: Intervention | Literal["LMI_FOLLOW_UP"]
+    basis: Literal["policy", "measured"]
+    outcome: WindowOutcomeKind
+    outcome_date: date | None = None
+    opens: date
+    closes: date
+    #: The JOBCENTRE marker in force at the outcome date, as set (it may name no
+    #: registered Jobcentre: scoring attributes those to UNALLOCATED).
+    jobcentre_id: Annotated[str, StringConstraints(max_length=32)] | None = None
+    revision: Annotated[int, Field(ge=1)]
+    stage: StageName | None = None
+    stage_days: dict[StageName, Annotated[int, Field(ge=0)]] | None = None
+    late_interview_date: date | None = None
 
 
 # --------------------------------------------------------------------------- envelopes
@@ -273,6 +325,18 @@ class ClaimCleared(_Envelope):
 
     type: Literal["claim-cleared"] = "claim-cleared"
     data: ClaimClearedData
+
+    @model_validator(mode="after")
+    def _not_cleared_before_received(self) -> ClaimCleared:
+        from zoneinfo import ZoneInfo
+
+        cleared = self.time.astimezone(ZoneInfo("Europe/London")).date()
+        if cleared < self.data.received_date:
+            raise ValueError(
+                f"cleared on {cleared} (London date of `time`), before its "
+                f"received_date {self.data.received_date}"
+            )
+        return self
 
 
 class InterviewBooked(_Envelope):
@@ -346,6 +410,13 @@ class WindowAlert(_Envelope):
     data: WindowAlertData
 
 
+class WindowOutcome(_Envelope):
+    """A window's outcome on one basis, or a revision of it (published by the scheduler)."""
+
+    type: Literal["window-outcome"] = "window-outcome"
+    data: WindowOutcomeData
+
+
 EVENT_CLASSES: tuple[type[_Envelope], ...] = (
     OfficeRegistered,
     ClaimRegistered,
@@ -361,6 +432,7 @@ EVENT_CLASSES: tuple[type[_Envelope], ...] = (
     ClaimClosed,
     ClockTick,
     WindowAlert,
+    WindowOutcome,
 )
 
 EVENT_TYPES: dict[str, type[_Envelope]] = {cls.event_type(): cls for cls in EVENT_CLASSES}
@@ -379,7 +451,8 @@ Event = Annotated[
     | LmiFollowUpConducted
     | ClaimClosed
     | ClockTick
-    | WindowAlert,
+    | WindowAlert
+    | WindowOutcome,
     Field(discriminator="type"),
 ]
 

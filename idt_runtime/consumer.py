@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,12 @@ log = logging.getLogger("idt.consumer")
 Applier = Callable[[Session, Sequence[Envelope]], None]
 
 INFRA_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+
+
+class Reject(Exception):
+    """Raised by an applier for an event that is valid by the contract but can
+    never be applied; the entry goes to the dead letters at once, with the
+    message as its reason, instead of being retried."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,10 @@ class EventConsumer:
         self.batch_size = batch_size
         self.after_commit = after_commit
         self._running = True
+        # Batches of different streams are read concurrently; their commits run
+        # one at a time so that a claim's recomputation never interleaves with
+        # another (across processes, services lock the claim's row as well).
+        self._commit_lock = threading.Lock()
 
     def stop(self) -> None:
         self._running = False
@@ -154,7 +165,9 @@ class EventConsumer:
                 result.applied += applied
                 result.duplicates += dups
             except Exception as exc:
-                if _is_infra(exc) or len(good) == 1:
+                if isinstance(exc, Reject) and len(good) == 1:
+                    result.dead.append((good[0][0], f"rejected by {self.service}: {exc}"))
+                elif _is_infra(exc) or len(good) == 1:
                     for entry, _ in good:
                         result.failed[entry.entry_id] = exc
                 else:
@@ -166,6 +179,8 @@ class EventConsumer:
                             )
                             result.applied += applied
                             result.duplicates += dups
+                        except Reject as rejected:
+                            result.dead.append((entry, f"rejected by {self.service}: {rejected}"))
                         except Exception as one_exc:
                             result.failed[entry.entry_id] = one_exc
             if result.failed:
@@ -198,7 +213,7 @@ class EventConsumer:
     ) -> tuple[list[str], list[str]]:
         processed = self.tables.processed
         ids = [ev.id for _, ev in items]
-        with Session(self.engine) as session, session.begin():
+        with self._commit_lock, Session(self.engine) as session, session.begin():
             seen = set(
                 session.execute(select(processed.c.event_id).where(processed.c.event_id.in_(ids)))
                 .scalars()

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from faststream import AckPolicy, Context
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import RedisBatchStreamMessage
@@ -269,4 +271,18 @@ def build_app(
 
     for router in routers:
         app.include_router(router)
+    install_error_handlers(app)
     return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """422s that never echo submitted values (an NI number must not bounce into
+    logs or proxies), and every error in one shape: {"detail": [{loc, msg, type}]}."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail: list[dict[str, Any]] = [
+            {"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})

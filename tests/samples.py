@@ -47,6 +47,13 @@ DATA: dict[str, dict[str, Any] | None] = {
         "closes": {"policy": "2007-08-30", "measured": "2007-08-30"},
         "office_id": "JC0101",
     },
+    "window-outcome": {
+        "claim_id": "C1", "window_id": "C1:IB_INITIAL_WFI:1", "element": "IB",
+        "intervention": "IB_INITIAL_WFI", "basis": "measured", "outcome": "MISSED",
+        "outcome_date": "2007-08-30", "opens": "2007-07-27", "closes": "2007-08-30",
+        "jobcentre_id": "JC0101", "revision": 1, "stage": "BDC",
+        "stage_days": {"CONTACT_CENTRE": 0, "BDC": 40, "JOBCENTRE": 3},
+    },
 }  # fmt: skip
 
 

@@ -3,14 +3,13 @@ that keeps a view of every claim's markers, and the live JP process report."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session, SQLModel
 
@@ -130,9 +129,9 @@ class ReportOut(BaseModel):
     rows: list[ReportRowOut]
 
 
-def _error(status: int, field: str, message: str) -> HTTPException:
+def _error(status: int, field: str, message: str, *, loc: str = "body") -> HTTPException:
     return HTTPException(
-        status_code=status, detail=[{"loc": ["body", field], "msg": message, "type": "invalid"}]
+        status_code=status, detail=[{"loc": [loc, field], "msg": message, "type": "invalid"}]
     )
 
 
@@ -165,13 +164,17 @@ def create_app(
             primary_benefit=body.primary_benefit,
             occurred_at=now(body.occurred_at),
         )
-        with session() as s, s.begin():
-            try:
-                events = handlers.register_claim(s, cmd, key)
-            except handlers.Invalid as exc:
-                raise _error(422, exc.field, str(exc)) from None
-            except handlers.Conflict as exc:
-                raise _error(409, "claim_id", str(exc)) from None
+
+        def write() -> list[Any]:
+            with session() as s, s.begin():
+                return handlers.register_claim(s, cmd, key)
+
+        try:
+            events = await asyncio.to_thread(write)
+        except handlers.Invalid as exc:
+            raise _error(422, exc.field, str(exc)) from None
+        except handlers.Conflict as exc:
+            raise _error(409, "claim_id", str(exc)) from None
         await _publish()
         ref = events[0].data.customer_ref  # type: ignore[attr-defined]
         return ClaimOut(
@@ -190,13 +193,17 @@ def create_app(
             source_office=body.source_office,
             occurred_at=now(body.occurred_at),
         )
-        with session() as s, s.begin():
-            try:
-                event = handlers.set_marker(s, cmd)
-            except handlers.NotFound as exc:
-                raise HTTPException(404, str(exc)) from None
-            except handlers.Invalid as exc:
-                raise _error(422, exc.field, str(exc)) from None
+
+        def write() -> Any:
+            with session() as s, s.begin():
+                return handlers.set_marker(s, cmd)
+
+        try:
+            event = await asyncio.to_thread(write)
+        except handlers.NotFound as exc:
+            raise _error(404, "claim_id", str(exc), loc="path") from None
+        except handlers.Invalid as exc:
+            raise _error(422, exc.field, str(exc)) from None
         await _publish()
         return MarkerOut(
             claim_id=claim_id,
@@ -237,17 +244,4 @@ def create_app(
         description="Claim intake with mandatory JP markers and the live JP process report.",
         routers=[router],
     )
-    install_error_handlers(app)
     return app
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """422s that never echo submitted values (an NI number must not bounce into logs)."""
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail: list[dict[str, Any]] = [
-            {"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        return JSONResponse(status_code=422, content={"detail": detail})

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from idt_contract.events import (
     ClaimCleared,
@@ -100,6 +100,7 @@ class ClaimHistory:
     benefit: str | None = None
     claim_start_date: date | None = None
     registered_day: date | None = None
+    contact_centre_id: str | None = None
     markers: tuple[Marker, ...] = ()
     #: (day, order, outcome, received_date)
     clearances: tuple[tuple[date, Order, str, date], ...] = ()
@@ -127,16 +128,16 @@ class ClaimHistory:
         closed: list[date] = []
         for ev in seen.values():
             day, order = london_date(ev.time), (utc_key(ev.time), ev.id)
-            d = ev.data
+            d: Any = getattr(ev, "data", None)
             if isinstance(ev, ClaimRegistered):
                 regs.append((order, ev))
             elif isinstance(ev, MarkerSet):
-                markers.append(Marker(day, order, d.marker.value, d.value))  # type: ignore[union-attr]
+                markers.append(Marker(day, order, d.marker.value, d.value))
             elif isinstance(ev, ClaimCleared):
                 clearances.append((day, order, ev.data.outcome.value, ev.data.received_date))
             elif isinstance(ev, InterviewConducted):
                 lists["conducted"].append(
-                    Dated(day, order, d.intervention.value, d.jobcentre_id, str(d.duration_minutes))  # type: ignore[union-attr]
+                    Dated(day, order, d.intervention.value, d.jobcentre_id, str(d.duration_minutes))
                 )
             elif isinstance(ev, InterviewWaived):
                 lists["waived"].append(Dated(day, order, ev.data.intervention.value))
@@ -164,13 +165,14 @@ class ClaimHistory:
                 lists["done"].append(Dated(day, order, LMI, ev.data.doubt_id))
             elif isinstance(ev, ClaimClosed):
                 closed.append(day)
-        benefit = start = registered = None
+        benefit = start = registered = cc = None
         if regs:
             # The latest registration in event time wins (a corrected re-send).
             _, reg = max(regs, key=lambda x: x[0])
             benefit = reg.data.benefit.value
             start = reg.data.claim_start_date
             registered = london_date(reg.time)
+            cc = reg.data.contact_centre_id
 
         def srt(xs: list[Dated]) -> tuple[Dated, ...]:
             return tuple(sorted(xs, key=lambda x: (x.day, x.order)))
@@ -180,6 +182,7 @@ class ClaimHistory:
             benefit=benefit,
             claim_start_date=start,
             registered_day=registered,
+            contact_centre_id=cc,
             markers=tuple(sorted(markers, key=lambda m: (m.day, m.order))),
             clearances=tuple(sorted(clearances, key=lambda c: (c[0], c[1]))),
             conducted=srt(lists["conducted"]),
@@ -225,7 +228,11 @@ class ClaimHistory:
         for m in self.markers:  # sorted in event time
             before = current.get(m.marker)
             current[m.marker] = m.value
-            if m.value != before and self.registered_day is not None and m.day > self.registered_day:
+            if (
+                m.value != before
+                and self.registered_day is not None
+                and m.day > self.registered_day
+            ):
                 resets.append(m.day)
         return resets
 
@@ -320,7 +327,8 @@ def _window(
     ref: str = "",
     clock_start: date | None = None,
 ) -> Window:
-    marker_day = d.day if d.day is not None else (as_of or opens)
+    # Final: the marker at the outcome date (spec §5). Otherwise: the current owner.
+    marker_day = d.day if d.day is not None else date.max
     late = [c for c in conducted if c > closes and (after is None or c > after)]
     early = tuple(c for c in conducted if c < opens and (after is None or c > after))
     return Window(

@@ -269,9 +269,11 @@ def test_wrong_markers_from_legacy_systems_appear_in_the_jp_process_report(cc, r
     }
     # Streams are consumed independently; the report settles once all have arrived.
     rows = wait_for(
-        lambda: (rows := report(cc)["rows"])
-        and {x["claim_id"]: x["problems"] for x in rows} == expected
-        and rows
+        lambda: (
+            (rows := report(cc)["rows"])
+            and {x["claim_id"]: x["problems"] for x in rows} == expected
+            and rows
+        )
     )
     by_id = {row["claim_id"]: row for row in rows}
     assert by_id["C-100"]["problems"] == ["JOBCENTRE_MARKER_IS_CONTACT_CENTRE"]

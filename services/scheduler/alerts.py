@@ -1,0 +1,294 @@
+"""Which alerts a claim calls for at a business date (spec §6, issue 3) — pure.
+
+The scheduler computes the full set of alerts due for a claim every time it
+re-evaluates it, and publishes only those whose `key` it has not published
+before; so a redelivered event, a replay or a recomputation never repeats one.
+
+A *window* here is one intervention due (policy and measured bases together);
+every alert carries both bases' dates and says when they differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from idt_domain.calendar import is_working_day
+
+from .domain import LMI, ClaimHistory, Status, Window
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    closing_days: int = 7
+
+
+@dataclass(frozen=True)
+class Alert:
+    key: str  # what makes it unique: never sent twice
+    kind: str
+    office_id: str
+    claim_id: str
+    intervention: str
+    window_id: str
+    opens: dict[str, date]
+    closes: dict[str, date]
+    bases_conflict: bool
+    slot_date: date | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class WindowPair:
+    """The same window on both bases."""
+
+    policy: Window
+    measured: Window
+
+    @property
+    def window_id(self) -> str:
+        return self.policy.window_id
+
+    @property
+    def intervention(self) -> str:
+        return self.policy.intervention
+
+    @property
+    def opens(self) -> dict[str, date]:
+        return {"policy": self.policy.opens, "measured": self.measured.opens}
+
+    @property
+    def closes(self) -> dict[str, date]:
+        return {"policy": self.policy.closes, "measured": self.measured.closes}
+
+    @property
+    def conflict(self) -> bool:
+        p, m = self.policy, self.measured
+        return (p.opens, p.closes) != (m.opens, m.closes)
+
+    def statuses(self) -> tuple[Status, Status]:
+        return self.policy.status, self.measured.status
+
+    @property
+    def any_final(self) -> bool:
+        return self.policy.status.final or self.measured.status.final
+
+    @property
+    def all_final(self) -> bool:
+        return self.policy.status.final and self.measured.status.final
+
+
+def pairs(windows: Sequence[Window]) -> list[WindowPair]:
+    """Pair policy and measured windows by window id. The LP chains of the two
+    bases can differ in length; a window present on one basis only is paired
+    with itself (its dates and status stand for both)."""
+    by_id: dict[str, dict[str, Window]] = {}
+    for w in windows:
+        by_id.setdefault(w.window_id, {})[w.basis] = w
+    out = []
+    for _wid, b in by_id.items():
+        p = b.get("policy") or b["measured"]
+        m = b.get("measured") or p
+        out.append(WindowPair(p, m))
+    return out
+
+
+def previous_working_day(day: date) -> date:
+    day -= timedelta(days=1)
+    while not is_working_day(day):
+        day -= timedelta(days=1)
+    return day
+
+
+def _conflict_note(p: WindowPair) -> str | None:
+    if not p.conflict:
+        return None
+    return (
+        f"policy window {p.policy.opens}..{p.policy.closes} differs from the measured "
+        f"window {p.measured.opens}..{p.measured.closes}"
+    )
+
+
+def alerts_for(
+    h: ClaimHistory,
+    windows: Sequence[Window],
+    as_of: date | None,
+    jobcentres: frozenset[str],
+    config: AlertConfig | None = None,
+) -> list[Alert]:
+    """Every alert the claim calls for as of `as_of` (already-sent ones included:
+    the caller filters by key)."""
+    config = config or AlertConfig()
+    today = as_of
+    out: list[Alert] = []
+    eligible = h.eligibility() is not None
+    # Alerts go to whoever owns the customer now: the latest marker in event time.
+    jc_now = _latest_marker(h)
+    allocated = jc_now in jobcentres
+    cc = _contact_centre(h)
+
+    def alert(p: WindowPair, kind: str, office: str, key: str, **kw: object) -> Alert:
+        detail = kw.pop("detail", None) or _conflict_note(p)
+        return Alert(
+            key=key,
+            kind=kind,
+            office_id=office,
+            claim_id=h.claim_id,
+            intervention=p.intervention,
+            window_id=p.window_id,
+            opens=p.opens,
+            closes=p.closes,
+            bases_conflict=p.conflict,
+            detail=detail,  # type: ignore[arg-type]
+            **kw,  # type: ignore[arg-type]
+        )
+
+    # The Contact Centre learns at once that an eligible claim has no Jobcentre.
+    if eligible and not allocated and cc is not None:
+        value = jc_now or "unset"
+        # One alert per unallocated episode, identified in event time (so arrival
+        # order cannot make two): from registration, or from the marker-set that
+        # took the claim away from a Jobcentre.
+        episode, was_allocated = "registration", False
+        for m in h.markers:
+            if m.marker != "JOBCENTRE":
+                continue
+            now_allocated = m.value in jobcentres
+            if was_allocated and not now_allocated:
+                episode = m.order[1]
+            was_allocated = now_allocated
+        for p in pairs(windows):
+            if p.intervention != LMI and not p.all_final:
+                out.append(
+                    alert(
+                        p,
+                        "MARKER_UNALLOCATED",
+                        cc,
+                        f"{h.claim_id}:MARKER_UNALLOCATED:{episode}",
+                        detail=f"eligible claim's JOBCENTRE marker is {value!r}, which names "
+                        "no registered Jobcentre; windows are running",
+                    )
+                )
+                break
+
+    for p in pairs(windows):
+        office = jc_now if allocated else None
+        if office is None:
+            continue  # nobody to tell yet; MARKER_UNALLOCATED went to the CC
+        wid = p.window_id
+        if not p.any_final:
+            out.append(alert(p, "WINDOW_OPENED", office, f"{wid}:WINDOW_OPENED:{office}"))
+            earliest_close = min(p.policy.closes, p.measured.closes)
+            closing_from = earliest_close - timedelta(config.closing_days)
+            if today is not None and closing_from <= today <= earliest_close:
+                out.append(alert(p, "WINDOW_CLOSING", office, f"{wid}:WINDOW_CLOSING:{office}"))
+        if Status.MISSED in p.statuses():
+            missed = [w.basis for w in (p.policy, p.measured) if w.status is Status.MISSED]
+            bases = " and ".join(dict.fromkeys(missed))
+            out.append(
+                alert(
+                    p,
+                    "WINDOW_MISSED",
+                    office,
+                    f"{wid}:WINDOW_MISSED:{office}",
+                    detail=f"missed on the {bases} basis"
+                    + (f"; {_conflict_note(p)}" if p.conflict else ""),
+                )
+            )
+
+    # Bookings, pre-calls and re-bookings, against the current window of each intervention.
+    current: dict[str, WindowPair] = {}
+    for p in pairs(windows):
+        if p.intervention == LMI:
+            continue
+        prev = current.get(p.intervention)
+        if prev is None or p.policy.seq > prev.policy.seq:
+            current[p.intervention] = p
+    ftas = {(f.intervention, f.ref) for f in h.failed_to_attend}
+    conducted = {(c.intervention, c.day.isoformat()) for c in h.conducted}
+    for b in h.booked:
+        found = current.get(b.intervention)
+        if found is None:
+            continue
+        p = found
+        slot = date.fromisoformat(b.ref)
+        outside = [
+            basis
+            for basis, w in (("policy", p.policy), ("measured", p.measured))
+            if slot < w.opens or slot > w.closes
+        ]
+        if outside and not p.all_final:
+            out.append(
+                alert(
+                    p,
+                    "BOOKING_OUTSIDE_WINDOW",
+                    b.extra,
+                    f"{p.window_id}:BOOKING_OUTSIDE_WINDOW:{b.order[1]}",
+                    slot_date=slot,
+                    detail=f"slot {slot} is outside the "
+                    + " and ".join(outside)
+                    + " window"
+                    + ("s" if len(outside) > 1 else "")
+                    + (" (do not book before the window opens)" if slot < p.policy.opens else ""),
+                )
+            )
+        live = (
+            not p.all_final
+            and (b.intervention, b.ref) not in ftas
+            and (b.intervention, b.ref) not in conducted
+        )
+        if live and today is not None and previous_working_day(slot) <= today < slot:
+            out.append(
+                alert(
+                    p,
+                    "PRE_CALL_DUE",
+                    b.extra,
+                    f"{p.window_id}:PRE_CALL_DUE:{b.order[1]}",
+                    slot_date=slot,
+                    detail=f"call the customer before the interview on {slot}",
+                )
+            )
+    for f in h.failed_to_attend:
+        found = current.get(f.intervention)
+        if found is None or found.all_final or not allocated or jc_now is None:
+            continue
+        p = found
+        slot = date.fromisoformat(f.ref)
+        out.append(
+            alert(
+                p,
+                "REBOOK_NEEDED",
+                jc_now,
+                f"{p.window_id}:REBOOK_NEEDED:{f.order[1]}",
+                slot_date=slot,
+                detail=f"failed to attend on {slot}; rebook inside the window",
+            )
+        )
+    return out
+
+
+def next_check(
+    h: ClaimHistory, windows: Sequence[Window], as_of: date | None, config: AlertConfig
+) -> date | None:
+    """The next business date on which re-evaluating the claim can change
+    anything (an outcome becoming MISSED, a closing or pre-call alert)."""
+    days: list[date] = []
+    for w in windows:
+        if w.status.final:
+            continue
+        days += [w.closes - timedelta(config.closing_days), w.closes + timedelta(days=1)]
+    for b in h.booked:
+        slot = date.fromisoformat(b.ref)
+        days.append(previous_working_day(slot))
+    future = [d for d in days if as_of is None or d > as_of]
+    return min(future) if future else None
+
+
+def _latest_marker(h: ClaimHistory) -> str | None:
+    jc = [m for m in h.markers if m.marker == "JOBCENTRE"]
+    return jc[-1].value if jc else None
+
+
+def _contact_centre(h: ClaimHistory) -> str | None:
+    return h.contact_centre_id

@@ -1,0 +1,102 @@
+"""The scheduler service: opens IDT windows on eligibility, decides outcomes in
+event time, publishes outcome revisions and alerts, and answers staff queries."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query
+from pydantic import Field
+from sqlmodel import Session, SQLModel
+
+from idt_contract.events import ClaimId, OfficeId
+from idt_runtime.clock import Clock
+from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
+from idt_runtime.settings import RuntimeSettings
+
+from . import handlers
+from .alerts import AlertConfig
+from .domain import RulesConfig
+from .models import PREFIX, TABLES
+
+NAME = "scheduler"
+
+SPEC = ServiceSpec(
+    name=NAME,
+    prefix=PREFIX,
+    migrations=Path(__file__).parent / "migrations",
+    metadata=SQLModel.metadata,
+    tables=TABLES,
+)
+
+
+class SchedulerSettings(RuntimeSettings):
+    #: Days before a window closes that WINDOW_CLOSING is sent (nothing conducted).
+    closing_alert_days: int = Field(default=7, ge=0, le=60)
+    #: Fewer days left than this to book inside a window: the late stage is blamed.
+    min_booking_lead_days: int = Field(default=5, ge=0, le=60)
+    lp_review_months: int = Field(default=6, ge=1, le=24)
+    lmi_deadline_working_days: int = Field(default=10, ge=1, le=60)
+
+    def scheduler_config(self) -> handlers.SchedulerConfig:
+        return handlers.SchedulerConfig(
+            rules=RulesConfig(
+                lp_review_months=self.lp_review_months,
+                lmi_deadline_working_days=self.lmi_deadline_working_days,
+            ),
+            alerts=AlertConfig(closing_days=self.closing_alert_days),
+            min_booking_lead_days=self.min_booking_lead_days,
+        )
+
+
+def create_app(settings: SchedulerSettings | None = None, clock: Clock | None = None) -> FastAPI:
+    settings = settings or SchedulerSettings()
+    scheduler = handlers.Scheduler(settings.scheduler_config())
+    runtime = ServiceRuntime(SPEC, settings, appliers=scheduler.appliers(), clock=clock)
+    router = APIRouter(prefix="/v1")
+
+    def session() -> Session:
+        assert runtime.engine is not None
+        return Session(runtime.engine)
+
+    @router.get("/claims/{claim_id}", tags=["queries"])
+    def claim(claim_id: ClaimId) -> dict[str, Any]:
+        """A claim's timeline, its windows on both bases with outcomes, and for each
+        MISSED window the stage that consumed the time."""
+        with session() as s:
+            view = handlers.claim_view(s, claim_id)
+        if view is None:
+            raise HTTPException(404, f"claim {claim_id!r} is not known to the scheduler")
+        return view
+
+    @router.get("/jobcentres/{office_id}/windows", tags=["queries"])
+    def jobcentre_windows(
+        office_id: OfficeId,
+        status: Annotated[
+            Literal["open", "closing", "missed"],
+            Query(description="open: nothing decided yet; closing: within the alert period "
+                  "of the close; missed: missed on either basis"),
+        ] = "open",
+    ) -> dict[str, Any]:  # fmt: skip
+        """A DASO's work queue: the Jobcentre's windows sorted by close date, with
+        booking status."""
+        with session() as s:
+            items = handlers.jobcentre_queue(s, office_id, status, settings.closing_alert_days)
+            as_of: date | None = handlers.business_date(s)
+        return {
+            "office_id": office_id,
+            "status": status,
+            "as_of": as_of,
+            "count": len(items),
+            "windows": items,
+        }
+
+    return build_app(
+        runtime,
+        title="IDT Scheduler",
+        description="IDT windows on the policy and measured bases, outcomes in event time, "
+        "alerts to each Jobcentre.",
+        routers=[router],
+    )

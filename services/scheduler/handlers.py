@@ -1,0 +1,535 @@
+"""Scheduler handlers: keep each claim's events, re-evaluate its windows with the
+pure rules, publish outcome revisions and new alerts through the outbox.
+
+Every applier runs inside the consumer's batch transaction; the runtime
+serialises commits within a process, and each claim's row is locked
+(`SELECT ... FOR UPDATE` on PostgreSQL) before its events are read, so two
+consumers can never interleave one claim's recomputation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from idt_contract import Envelope, decode, make_event, stream_for
+from idt_contract.events import (
+    AlertKind,
+    ClockTick,
+    OfficeKind,
+    OfficeRegistered,
+    WindowAlert,
+    WindowAlertData,
+    WindowOutcome,
+    WindowOutcomeData,
+)
+from idt_contract.streams import alerts_stream
+from idt_domain.calendar import LONDON, london_date, utc_key
+from idt_runtime.outbox import add_to_outbox
+
+from .alerts import AlertConfig, alerts_for, next_check
+from .domain import ClaimHistory, RulesConfig, Status, Window, attribute, evaluate
+from .models import TABLES, SchAlert, SchClaim, SchClock, SchEvent, SchOffice, SchWindow
+
+SOURCE = "/services/scheduler"
+
+CLAIM_EVENT_TYPES = (
+    "claim-registered",
+    "marker-set",
+    "claim-cleared",
+    "interview-booked",
+    "interview-conducted",
+    "interview-failed-to-attend",
+    "interview-waived",
+    "interview-deferred",
+    "lmi-doubt-raised",
+    "lmi-follow-up-conducted",
+    "claim-closed",
+)
+
+#: Streams this service publishes to (alerts go to one stream per office).
+PUBLISHES = (stream_for("window-outcome"), alerts_stream("{office_id}"))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    #: Fewer days than this left in a window to book an interview: the stage
+    #: that left so little time is blamed (docs/stage-attribution.md).
+    min_booking_lead_days: int = 5
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _time_of(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def business_date(session: Session) -> date | None:
+    clock = session.get(SchClock, 1)
+    return clock.as_of if clock else None
+
+
+def _business_time(session: Session, fallback: datetime) -> datetime:
+    clock = session.get(SchClock, 1)
+    return _time_of(clock.time_key) if clock else fallback
+
+
+def jobcentre_ids(session: Session) -> frozenset[str]:
+    rows = session.exec(
+        select(SchOffice.office_id).where(SchOffice.kind == OfficeKind.JOBCENTRE.value)
+    ).all()
+    return frozenset(rows)
+
+
+def _lock_claim(session: Session, claim_id: str) -> SchClaim:
+    row = session.exec(
+        select(SchClaim).where(SchClaim.claim_id == claim_id).with_for_update()
+    ).first()
+    if row is None:
+        row = SchClaim(claim_id=claim_id)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def load_history(session: Session, claim_id: str) -> tuple[ClaimHistory, list[Envelope]]:
+    payloads = session.exec(select(SchEvent.payload).where(SchEvent.claim_id == claim_id)).all()
+    events = [decode(bytes(p)) for p in payloads]
+    return ClaimHistory.from_events(claim_id, events), events
+
+
+# --------------------------------------------------------------------------- appliers
+
+
+class Scheduler:
+    """The appliers, bound to their configuration."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+
+    def appliers(self) -> dict[str, Any]:
+        out: dict[str, Any] = {stream_for(t): self.apply_claim_events for t in CLAIM_EVENT_TYPES}
+        out[stream_for("office-registered")] = self.apply_offices
+        out[stream_for("clock-tick")] = self.apply_ticks
+        return out
+
+    def apply_claim_events(self, session: Session, events: Sequence[Envelope]) -> None:
+        claims: dict[str, None] = {}
+        for ev in events:
+            claim_id: str = ev.data.claim_id  # type: ignore[attr-defined]
+            _lock_claim(session, claim_id)
+            if session.get(SchEvent, ev.id) is None:
+                session.add(
+                    SchEvent(
+                        event_id=ev.id,
+                        claim_id=claim_id,
+                        type=ev.type,
+                        time_key=utc_key(ev.time),
+                        payload=ev.model_dump_json(exclude_none=True).encode(),
+                    )
+                )
+            claims[claim_id] = None
+        session.flush()
+        self.recompute_many(session, claims)
+
+    def apply_offices(self, session: Session, events: Sequence[Envelope]) -> None:
+        touched: set[str] = set()
+        for ev in events:
+            assert isinstance(ev, OfficeRegistered)
+            key = utc_key(ev.time)
+            row = session.get(SchOffice, ev.data.office_id)
+            if row is not None and (key, ev.id) <= (row.time_key, row.event_id):
+                continue
+            row = row or SchOffice(office_id=ev.data.office_id)  # type: ignore[call-arg]
+            row.kind, row.name = ev.data.kind.value, ev.data.name
+            row.time_key, row.event_id = key, ev.id
+            session.add(row)
+            touched.add(ev.data.office_id)
+        session.flush()
+        if touched:
+            claims = session.exec(
+                select(SchClaim.claim_id).where(SchClaim.jobcentre_marker.in_(touched))  # type: ignore[union-attr]
+            ).all()
+            self.recompute_many(session, dict.fromkeys(claims))
+
+    def apply_ticks(self, session: Session, events: Sequence[Envelope]) -> None:
+        latest = max(events, key=lambda e: (utc_key(e.time), e.id))
+        assert isinstance(latest, ClockTick)
+        key = utc_key(latest.time)
+        clock = session.get(SchClock, 1)
+        if clock is not None and key <= clock.time_key:
+            return  # business time never goes back
+        before = clock.as_of if clock else None
+        clock = clock or SchClock(id=1, time_key=key, as_of=london_date(latest.time))
+        clock.time_key, clock.as_of = key, london_date(latest.time)
+        session.add(clock)
+        session.flush()
+        if before is not None and clock.as_of <= before:
+            return
+        q = select(SchClaim.claim_id).where(
+            SchClaim.next_check.is_not(None),  # type: ignore[union-attr]
+            SchClaim.next_check <= clock.as_of,  # type: ignore[operator]
+        )
+        if before is None:
+            q = select(SchClaim.claim_id)  # the first tick: everything gets a business date
+        self.recompute_many(session, dict.fromkeys(session.exec(q).all()))
+
+    # ------------------------------------------------------------------ recompute
+
+    def recompute_many(self, session: Session, claim_ids: Iterable[str]) -> None:
+        as_of = business_date(session)
+        jcs = jobcentre_ids(session)
+        for claim_id in claim_ids:
+            self.recompute(session, claim_id, as_of, jcs)
+
+    def recompute(
+        self, session: Session, claim_id: str, as_of: date | None, jcs: frozenset[str]
+    ) -> None:
+        claim = _lock_claim(session, claim_id)
+        history, events = load_history(session, claim_id)
+        windows = evaluate(history, as_of, self.config.rules)
+        latest_event = max((e.time for e in events), default=datetime(1970, 1, 1, tzinfo=UTC))
+        now = max(_business_time(session, latest_event), latest_event)
+        self._store_windows(session, history, windows, jcs, now)
+        self._publish_alerts(session, history, windows, as_of, jcs, now)
+        claim.next_check = next_check(history, windows, as_of, self.config.alerts)
+        claim.jobcentre_marker = history.marker_on("JOBCENTRE", as_of or date.max) or None
+        claim.evaluated_as_of = as_of
+        session.add(claim)
+
+    def _store_windows(
+        self,
+        session: Session,
+        h: ClaimHistory,
+        windows: Sequence[Window],
+        jcs: frozenset[str],
+        now: datetime,
+    ) -> None:
+        existing = {
+            (w.window_id, w.basis): w
+            for w in session.exec(select(SchWindow).where(SchWindow.claim_id == h.claim_id)).all()
+        }
+        outcomes: list[Envelope] = []
+        seen: set[tuple[str, str]] = set()  # (window id, basis)
+        for w in windows:
+            pk: tuple[str, str] = (w.window_id, w.basis)
+            seen.add(pk)
+            row = existing.get(pk) or SchWindow(
+                window_id=w.window_id,
+                basis=w.basis,
+                claim_id=h.claim_id,
+                element=w.element,
+                intervention=w.intervention,
+                seq=w.seq,
+                opens=w.opens,
+                closes=w.closes,
+                status=w.status.value,
+            )
+            stage = stage_days = None
+            if w.status is Status.MISSED:
+                a = attribute(h, w, jcs, min_booking_lead_days=self.config.min_booking_lead_days)
+                stage = a.stage.value
+                stage_days = {
+                    "CONTACT_CENTRE": a.contact_centre_days,
+                    "BDC": a.bdc_days,
+                    "JOBCENTRE": a.jobcentre_days,
+                }
+            slot, state = _booking(h, w)
+            row.opens, row.closes, row.status = w.opens, w.closes, w.status.value
+            row.outcome_date, row.jobcentre_id = w.outcome_date, w.jobcentre_id
+            row.stage = stage
+            row.stage_days = json.dumps(stage_days) if stage_days else None
+            row.clock_start, row.late_interview = w.clock_start, w.late_interview
+            row.early_interviews = ",".join(d.isoformat() for d in w.early_interviews) or None
+            row.booking_slot, row.booking_state = slot, state
+            row.exists_now = True
+            # Publish when the final outcome (or its attribution) changes.
+            if w.status.final:
+                signature = f"{w.status.value}|{w.outcome_date}|{w.jobcentre_id}|{stage}"
+            elif row.published is not None:
+                signature = "PENDING"
+            else:
+                signature = None
+            if signature is not None and signature != row.published:
+                row.revision += 1
+                row.published = signature
+                outcomes.append(self._outcome_event(h, w, row, stage_days, now))
+            session.add(row)
+        for pk, row in existing.items():
+            if pk in seen or not row.exists_now:
+                continue
+            row.exists_now = False
+            row.status = "WITHDRAWN"
+            if row.published is not None:
+                row.revision += 1
+                row.published = "WITHDRAWN"
+                outcomes.append(self._withdrawn_event(row, now))
+            session.add(row)
+        add_to_outbox(session, TABLES, outcomes)
+
+    def _outcome_event(
+        self,
+        h: ClaimHistory,
+        w: Window,
+        row: SchWindow,
+        stage_days: dict[str, int] | None,
+        now: datetime,
+    ) -> Envelope:
+        outcome = w.status.value if w.status.final else "PENDING"
+        return make_event(
+            WindowOutcome,
+            source=SOURCE,
+            time=now,
+            id=f"wo:{w.window_id}:{w.basis}:{row.revision}",
+            data=WindowOutcomeData.model_validate(
+                {
+                    "claim_id": h.claim_id,
+                    "window_id": w.window_id,
+                    "element": w.element,
+                    "intervention": w.intervention,
+                    "basis": w.basis,
+                    "outcome": outcome,
+                    "outcome_date": w.outcome_date if w.status.final else None,
+                    "opens": w.opens,
+                    "closes": w.closes,
+                    "jobcentre_id": w.jobcentre_id,
+                    "revision": row.revision,
+                    "stage": row.stage if w.status is Status.MISSED else None,
+                    "stage_days": stage_days,
+                    "late_interview_date": w.late_interview,
+                },
+                strict=False,
+            ),
+        )
+
+    def _withdrawn_event(self, row: SchWindow, now: datetime) -> Envelope:
+        return make_event(
+            WindowOutcome,
+            source=SOURCE,
+            time=now,
+            id=f"wo:{row.window_id}:{row.basis}:{row.revision}",
+            data=WindowOutcomeData.model_validate(
+                {
+                    "claim_id": row.claim_id,
+                    "window_id": row.window_id,
+                    "element": row.element,
+                    "intervention": row.intervention,
+                    "basis": row.basis,
+                    "outcome": "WITHDRAWN",
+                    "outcome_date": None,
+                    "opens": row.opens,
+                    "closes": row.closes,
+                    "jobcentre_id": row.jobcentre_id,
+                    "revision": row.revision,
+                },
+                strict=False,
+            ),
+        )
+
+    def _publish_alerts(
+        self,
+        session: Session,
+        h: ClaimHistory,
+        windows: Sequence[Window],
+        as_of: date | None,
+        jcs: frozenset[str],
+        now: datetime,
+    ) -> None:
+        due = alerts_for(h, windows, as_of, jcs, self.config.alerts)
+        if not due:
+            return
+        keys = [a.key for a in due]
+        sent = set(session.exec(select(SchAlert.key).where(SchAlert.key.in_(keys))).all())  # type: ignore[attr-defined]
+        for a in due:
+            if a.key in sent:
+                continue
+            sent.add(a.key)
+            event = make_event(
+                WindowAlert,
+                source=SOURCE,
+                time=now,
+                id=f"alert:{a.key}",
+                data=WindowAlertData.model_validate(
+                    {
+                        "claim_id": a.claim_id,
+                        "kind": AlertKind(a.kind),
+                        "intervention": a.intervention,
+                        "opens": a.opens,
+                        "closes": a.closes,
+                        "office_id": a.office_id,
+                        "window_id": a.window_id,
+                        "bases_conflict": a.bases_conflict,
+                        "slot_date": a.slot_date,
+                        "detail": a.detail,
+                    },
+                    strict=False,
+                ),
+            )
+            session.add(
+                SchAlert(
+                    key=a.key,
+                    kind=a.kind,
+                    office_id=a.office_id,
+                    claim_id=a.claim_id,
+                    event_id=event.id,
+                )
+            )
+            add_to_outbox(session, TABLES, [event], stream=alerts_stream(a.office_id))
+
+
+def _booking(h: ClaimHistory, w: Window) -> tuple[date | None, str | None]:
+    """The latest booking of the window's intervention, and what became of it."""
+    booked = [b for b in h.booked if b.intervention == w.intervention]
+    if not booked:
+        return None, None
+    last = booked[-1]
+    slot = date.fromisoformat(last.ref)
+    if any(f.intervention == w.intervention and f.ref == last.ref for f in h.failed_to_attend):
+        return slot, "FAILED_TO_ATTEND"
+    if any(c.intervention == w.intervention and c.day == slot for c in h.conducted):
+        return slot, "CONDUCTED"
+    if slot < w.opens or slot > w.closes:
+        return slot, "OUTSIDE_WINDOW"
+    return slot, "BOOKED"
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def claim_view(session: Session, claim_id: str) -> dict[str, Any] | None:
+    history, events = load_history(session, claim_id)
+    if not events:
+        return None
+    rows = session.exec(
+        select(SchWindow)
+        .where(SchWindow.claim_id == claim_id, SchWindow.exists_now == True)  # noqa: E712
+        .order_by(SchWindow.intervention, SchWindow.seq, SchWindow.basis)  # type: ignore[arg-type]
+    ).all()
+    elig = history.eligibility()
+    return {
+        "claim_id": claim_id,
+        "as_of": business_date(session),
+        "benefit": history.benefit,
+        "claim_start_date": history.claim_start_date,
+        "contact_centre_id": history.contact_centre_id,
+        "eligibility": {"confirmed": elig[0], "received": elig[1]} if elig else None,
+        "markers": {
+            "JOBCENTRE": history.marker_on("JOBCENTRE", date.max),
+            "PRIMARY_BENEFIT": history.marker_on("PRIMARY_BENEFIT", date.max),
+        },
+        "timeline": [
+            {
+                "time": e.time,
+                "date": london_date(e.time),
+                "type": e.type,
+                "id": e.id,
+                "source": e.source,
+                "data": _data_json(e),
+            }
+            for e in sorted(events, key=lambda e: (utc_key(e.time), e.id))
+        ],
+        "windows": [_window_json(r) for r in rows],
+    }
+
+
+def _data_json(e: Envelope) -> dict[str, Any] | None:
+    data = getattr(e, "data", None)
+    return data.model_dump(mode="json", exclude={"claim_id"}) if data is not None else None
+
+
+def _window_json(r: SchWindow) -> dict[str, Any]:
+    return {
+        "window_id": r.window_id,
+        "element": r.element,
+        "intervention": r.intervention,
+        "seq": r.seq,
+        "basis": r.basis,
+        "opens": r.opens,
+        "closes": r.closes,
+        "status": r.status,
+        "outcome_date": r.outcome_date,
+        "jobcentre_id": r.jobcentre_id,
+        "stage": r.stage,
+        "stage_days": json.loads(r.stage_days) if r.stage_days else None,
+        "clock_start": r.clock_start,
+        "early_interviews": r.early_interviews.split(",") if r.early_interviews else [],
+        "late_interview": r.late_interview,
+        "booking": {"slot_date": r.booking_slot, "state": r.booking_state}
+        if r.booking_slot
+        else None,
+        "revision": r.revision,
+    }
+
+
+def jobcentre_queue(
+    session: Session, office_id: str, status: str, closing_days: int
+) -> list[dict[str, Any]]:
+    """A DASO's work queue: one item per window (both bases), by earliest close."""
+    as_of = business_date(session)
+    rows = session.exec(
+        select(SchWindow).where(
+            SchWindow.jobcentre_id == office_id,
+            SchWindow.exists_now == True,  # noqa: E712
+        )
+    ).all()
+    by_id: dict[str, dict[str, SchWindow]] = {}
+    for r in rows:
+        by_id.setdefault(r.window_id, {})[r.basis] = r
+    items: list[dict[str, Any]] = []
+    for wid, bases in by_id.items():
+        p = bases.get("policy") or bases["measured"]
+        m = bases.get("measured") or p
+        statuses = {p.status, m.status}
+        open_ = bool(statuses & {Status.OPEN.value, Status.UPCOMING.value})
+        earliest = min(p.closes, m.closes)
+        if status == "open":
+            keep = open_
+        elif status == "closing":
+            keep = (
+                open_
+                and as_of is not None
+                and earliest.toordinal() - closing_days <= as_of.toordinal() <= earliest.toordinal()
+            )
+        else:
+            keep = Status.MISSED.value in statuses
+        if not keep:
+            continue
+        items.append(
+            {
+                "window_id": wid,
+                "claim_id": p.claim_id,
+                "element": p.element,
+                "intervention": p.intervention,
+                "opens": {"policy": p.opens, "measured": m.opens},
+                "closes": {"policy": p.closes, "measured": m.closes},
+                "status": {"policy": p.status, "measured": m.status},
+                "bases_conflict": (p.opens, p.closes) != (m.opens, m.closes),
+                "booking": {"slot_date": p.booking_slot, "state": p.booking_state}
+                if p.booking_slot
+                else None,
+                "stage": m.stage or p.stage,
+                "days_left": (earliest - as_of).days if as_of else None,
+            }
+        )
+    items.sort(key=lambda i: (min(i["closes"].values()), i["claim_id"], i["window_id"]))
+    return items
+
+
+def counts(session: Session) -> dict[str, int]:
+    rows = session.exec(
+        select(SchWindow.status, func.count()).group_by(SchWindow.status)  # type: ignore[call-overload]
+    ).all()
+    return {s: n for s, n in rows}
+
+
+def local_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0, 0), LONDON)

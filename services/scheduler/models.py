@@ -1,0 +1,93 @@
+"""The scheduler's own store (tables prefixed `sch_`)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import Column, LargeBinary
+from sqlmodel import Field, SQLModel
+
+from idt_runtime.db import runtime_tables
+
+PREFIX = "sch"
+
+
+class SchEvent(SQLModel, table=True):
+    """Every claim event, kept whole: a claim's windows are recomputed from these."""
+
+    __tablename__ = "sch_events"
+    event_id: str = Field(primary_key=True, max_length=128)
+    claim_id: str = Field(index=True, max_length=64)
+    type: str = Field(max_length=40)
+    time_key: str = Field(max_length=40)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class SchClaim(SQLModel, table=True):
+    """One row per claim: the lock that serialises its recomputation, and when to
+    look at it again."""
+
+    __tablename__ = "sch_claims"
+    claim_id: str = Field(primary_key=True, max_length=64)
+    next_check: date | None = Field(default=None, index=True)
+    jobcentre_marker: str | None = Field(default=None, index=True, max_length=32)
+    evaluated_as_of: date | None = None
+
+
+class SchOffice(SQLModel, table=True):
+    __tablename__ = "sch_offices"
+    office_id: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(max_length=20)
+    name: str = Field(max_length=200)
+    time_key: str = Field(max_length=40)
+    event_id: str = Field(max_length=128)
+
+
+class SchClock(SQLModel, table=True):
+    """Business time: the latest `clock-tick` (ticks only move it forward)."""
+
+    __tablename__ = "sch_clock"
+    id: int = Field(default=1, primary_key=True)
+    time_key: str = Field(max_length=40)
+    as_of: date
+
+
+class SchWindow(SQLModel, table=True):
+    """A window on one basis as last evaluated, and the last outcome published."""
+
+    __tablename__ = "sch_windows"
+    window_id: str = Field(primary_key=True, max_length=160)
+    basis: str = Field(primary_key=True, max_length=10)
+    claim_id: str = Field(index=True, max_length=64)
+    element: str = Field(max_length=4)
+    intervention: str = Field(max_length=20)
+    seq: int
+    opens: date
+    closes: date = Field(index=True)
+    status: str = Field(max_length=12, index=True)
+    outcome_date: date | None = None
+    jobcentre_id: str | None = Field(default=None, index=True, max_length=32)
+    stage: str | None = Field(default=None, max_length=16)
+    stage_days: str | None = Field(default=None, max_length=200)
+    clock_start: date | None = None
+    early_interviews: str | None = Field(default=None, max_length=400)
+    late_interview: date | None = None
+    booking_slot: date | None = None
+    booking_state: str | None = Field(default=None, max_length=20)
+    revision: int = 0
+    published: str | None = Field(default=None, max_length=200)
+    exists_now: bool = True
+
+
+class SchAlert(SQLModel, table=True):
+    """Alerts published, by key: an alert is never published twice."""
+
+    __tablename__ = "sch_alerts"
+    key: str = Field(primary_key=True, max_length=240)
+    kind: str = Field(max_length=30)
+    office_id: str = Field(max_length=32, index=True)
+    claim_id: str = Field(max_length=64, index=True)
+    event_id: str = Field(max_length=128)
+
+
+TABLES = runtime_tables(PREFIX, SQLModel.metadata)

@@ -1,0 +1,231 @@
+"""The scheduler over a real Redis: alerts to each office, outcome revisions, queries."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from idt_contract import decode_entry
+from idt_contract.events import ClockTick, make_event
+from services.scheduler.app import SchedulerSettings, create_app
+from tests.claims import Claim, at
+from tests.conftest import wait_for
+from tests.helpers import OFFICES, register_offices, xadd
+
+
+def tick(r: redis.Redis, day: str) -> None:
+    xadd(r, make_event(ClockTick, source="/clock", time=at(day, 1), data=None, id=f"tick-{day}"))
+
+
+def alerts(r: redis.Redis, office: str) -> list:
+    stream = f"idt:window-alerts:{office}"
+    return [decode_entry(stream, f) for _, f in r.xrange(stream)]
+
+
+def kinds(r: redis.Redis, office: str) -> Counter:
+    return Counter(a.data.kind.value for a in alerts(r, office))
+
+
+def outcomes(r: redis.Redis) -> list:
+    return [decode_entry("idt:window-outcome", f) for _, f in r.xrange("idt:window-outcome")]
+
+
+@pytest.fixture
+def sched(redis_url, var_dir, r):
+    register_offices(r)
+    settings = SchedulerSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50
+    )
+    with TestClient(create_app(settings)) as client:
+        settle(client, *(f"office-{o[0]}" for o in OFFICES))
+        yield client
+
+
+def publish(r: redis.Redis, claim: Claim, start: int = 0) -> None:
+    for ev in claim.events[start:]:
+        xadd(r, ev)
+
+
+def processed(client: TestClient, event_id: str) -> bool:
+    from sqlalchemy import select
+    from sqlmodel import Session
+
+    from services.scheduler.models import TABLES
+
+    p = TABLES.processed
+    with Session(client.app.state.runtime.engine) as s:
+        return s.execute(select(p.c.event_id).where(p.c.event_id == event_id)).first() is not None
+
+
+def settle(client: TestClient, *event_ids: str) -> None:
+    wait_for(lambda: all(processed(client, e) for e in event_ids), timeout=15)
+
+
+def test_each_alert_kind_arrives_once_in_the_right_office(sched, r):
+    tick(r, "2007-01-02")
+    c = Claim("IB-1", benefit="IB", start="2007-01-01")  # windows 26 Feb .. 1 Apr
+    publish(r, c)
+    settle(sched, *(e.id for e in c.events), "tick-2007-01-02")
+    assert alerts(r, "JC0101") == []  # nothing until eligibility is confirmed
+
+    n = len(c.events)
+    c.cleared("2007-01-20")
+    publish(r, c, n)
+    wait_for(lambda: kinds(r, "JC0101")["WINDOW_OPENED"] == 1)
+    (opened,) = alerts(r, "JC0101")
+    assert opened.data.opens == {
+        "policy": at("2007-02-26").date(),
+        "measured": at("2007-02-26").date(),
+    }
+    assert opened.data.closes["policy"] == at("2007-04-01").date()
+    assert opened.data.bases_conflict is False
+
+    # Redelivery of the same clearance: nothing new.
+    xadd(r, c.events[-1])
+    # A booking before week eight goes back to the booking office at once.
+    n = len(c.events)
+    c.booked("2007-01-22", slot="2007-02-12", jc="JC0102")
+    c.booked("2007-01-23", slot="2007-03-06")  # Tue 6 Mar: pre-call on Mon 5 Mar
+    publish(r, c, n)
+    wait_for(lambda: kinds(r, "JC0102")["BOOKING_OUTSIDE_WINDOW"] == 1)
+    outside = alerts(r, "JC0102")[0]
+    assert outside.data.slot_date.isoformat() == "2007-02-12"
+    assert "do not book before the window opens" in outside.data.detail
+
+    tick(r, "2007-03-05")
+    wait_for(lambda: kinds(r, "JC0101")["PRE_CALL_DUE"] == 1)
+    n = len(c.events)
+    c.fta("2007-03-06")
+    publish(r, c, n)
+    tick(r, "2007-03-07")
+    wait_for(lambda: kinds(r, "JC0101")["REBOOK_NEEDED"] == 1)
+    tick(r, "2007-03-25")  # 7 days before the close on 1 April
+    wait_for(lambda: kinds(r, "JC0101")["WINDOW_CLOSING"] == 1)
+    tick(r, "2007-04-02")
+    wait_for(lambda: kinds(r, "JC0101")["WINDOW_MISSED"] == 1)
+
+    # Time moves on, events are redelivered: still exactly one of each.
+    tick(r, "2007-04-10")
+    for ev in c.events:
+        xadd(r, ev)
+    settle(sched, "tick-2007-04-10")
+    wait_for(lambda: r.xpending("idt:claim-cleared", "scheduler")["pending"] == 0)
+    assert kinds(r, "JC0101") == Counter(
+        {"WINDOW_OPENED": 1, "PRE_CALL_DUE": 1, "REBOOK_NEEDED": 1, "WINDOW_CLOSING": 1,
+         "WINDOW_MISSED": 1}
+    )  # fmt: skip
+    assert kinds(r, "JC0102") == Counter({"BOOKING_OUTSIDE_WINDOW": 1})
+    assert all(a.data.claim_id == "IB-1" for a in alerts(r, "JC0101"))
+
+
+def test_marker_unallocated_goes_to_the_contact_centre(sched, r):
+    tick(r, "2007-01-02")
+    c = Claim("UNALLOC-1", benefit="IB", start="2007-01-01", jobcentre="CC01")
+    c.cleared("2007-01-20")
+    publish(r, c)
+    wait_for(lambda: kinds(r, "CC01")["MARKER_UNALLOCATED"] == 1)
+    (a,) = alerts(r, "CC01")
+    assert "names no registered Jobcentre" in a.data.detail and a.data.office_id == "CC01"
+    assert alerts(r, "JC0101") == []
+    # The FCO fixes the marker: the owning Jobcentre now hears of the window.
+    n = len(c.events)
+    c.marker("JOBCENTRE", "JC0102", "2007-01-25")
+    publish(r, c, n)
+    wait_for(lambda: kinds(r, "JC0102")["WINDOW_OPENED"] == 1)
+    (opened,) = alerts(r, "JC0102")
+    # The reset moved the measured clock: the alert says the bases now differ.
+    assert opened.data.bases_conflict is True
+    assert opened.data.opens["measured"].isoformat() == "2007-03-22"  # 25 Jan + 56 days
+    assert "differs from the measured" in opened.data.detail
+
+
+def latest(r: redis.Redis) -> dict:
+    out: dict = {}
+    for o in outcomes(r):
+        key = (o.data.window_id, o.data.basis)
+        if key not in out or o.data.revision > out[key].data.revision:
+            out[key] = o
+    return out
+
+
+def test_window_outcomes_are_published_and_revised_by_a_late_event(sched, r):
+    c = Claim("LATE-1", benefit="IB", start="2007-01-01").cleared("2007-01-20")
+    publish(r, c)
+    tick(r, "2007-04-05")
+    settle(sched, *(e.id for e in c.events), "tick-2007-04-05")
+    # Streams are consumed independently, so an outcome decided before the marker
+    # arrived is revised; wait for the settled revision to be published.
+    key = ("LATE-1:IB_INITIAL_WFI:1", "policy")
+    wait_for(
+        lambda: len(lt := latest(r)) == 2
+        and key in lt
+        and lt[key].data.stage is not None
+        and lt[key].data.stage.value == "JOBCENTRE"
+    )
+    before = latest(r)
+    assert {o.data.outcome.value for o in before.values()} == {"MISSED"}
+    policy = before[("LATE-1:IB_INITIAL_WFI:1", "policy")]
+    assert policy.data.stage.value == "JOBCENTRE" and policy.data.jobcentre_id == "JC0101"
+    assert policy.id == f"wo:LATE-1:IB_INITIAL_WFI:1:policy:{policy.data.revision}"
+
+    # The interview record, dated inside the window, arrives late.
+    n = len(c.events)
+    c.conducted("2007-03-20")
+    publish(r, c, n)
+    wait_for(lambda: {o.data.outcome.value for o in latest(r).values()} == {"MET"})
+    after = latest(r)
+    for key, o in after.items():
+        assert o.data.revision == before[key].data.revision + 1
+        assert o.data.outcome_date.isoformat() == "2007-03-20"
+        assert o.data.stage is None
+    # A redelivered late event revises nothing further.
+    count = len(outcomes(r))
+    xadd(r, c.events[-1])
+    tick(r, "2007-04-06")
+    settle(sched, "tick-2007-04-06")
+    wait_for(
+        lambda: (
+            'result="duplicate",service="scheduler",stream="idt:interview-conducted"'
+            in sched.get("/metrics").text
+        )
+    )
+    assert len(outcomes(r)) == count
+
+
+def test_claim_and_jobcentre_queries(sched, r):
+    tick(r, "2007-03-01")
+    a = Claim("Q-1", benefit="IB", start="2007-01-01").cleared("2007-01-20")
+    a.booked("2007-01-25", slot="2007-03-10")
+    b = Claim("Q-2", benefit="JSA", start="2007-01-01").cleared("2007-01-10")
+    publish(r, a)
+    publish(r, b)
+    settle(sched, *(e.id for e in a.events + b.events), "tick-2007-03-01")
+
+    view = sched.get("/v1/claims/Q-1").json()
+    assert view["benefit"] == "IB" and view["as_of"] == "2007-03-01"
+    assert [e["type"] for e in view["timeline"]][:2] == ["claim-registered", "marker-set"]
+    assert {(w["basis"], w["status"]) for w in view["windows"]} == {
+        ("policy", "OPEN"),
+        ("measured", "OPEN"),
+    }
+    assert view["windows"][0]["booking"] == {"slot_date": "2007-03-10", "state": "BOOKED"}
+    assert sched.get("/v1/claims/NOPE").status_code == 404
+
+    queue = sched.get("/v1/jobcentres/JC0101/windows", params={"status": "open"}).json()
+    ids = [w["window_id"] for w in queue["windows"]]
+    # Sorted by close date: IB (1 Apr) before JSA 13-week (14 May) and 26-week.
+    assert ids == ["Q-1:IB_INITIAL_WFI:1", "Q-2:JSA_13_WEEK:1", "Q-2:JSA_26_WEEK:1"]
+    assert queue["windows"][0]["days_left"] == 31
+    closing = sched.get("/v1/jobcentres/JC0101/windows", params={"status": "closing"}).json()
+    assert closing["count"] == 0
+    tick(r, "2007-04-02")
+    settle(sched, "tick-2007-04-02")
+    missed = sched.get("/v1/jobcentres/JC0101/windows", params={"status": "missed"}).json()
+    assert [w["window_id"] for w in missed["windows"]] == ["Q-1:IB_INITIAL_WFI:1"]
+    assert missed["windows"][0]["stage"] == "JOBCENTRE"
+    bad = sched.get("/v1/jobcentres/JC0101/windows", params={"status": "late"})
+    assert bad.status_code == 422
+    assert sched.get("/health").json()["status"] == "ok"
