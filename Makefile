@@ -41,8 +41,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install the project with its dev tools
 
-run: $(VENV)/.installed ## Run Redis and every service in the foreground (Ctrl-C stops)
-	"$(BIN)/idt" up $(ARGS)
+run: $(VENV)/.installed ## Run Redis, every service and the demo simulator (Ctrl-C stops)
+	"$(BIN)/idt" up --demo $(ARGS)
 
 test: $(VENV)/.installed ## Run the whole test suite
 	"$(BIN)/python" -m pytest -q

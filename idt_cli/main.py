@@ -267,6 +267,18 @@ def up(
         float,
         typer.Option("--startup-timeout", min=1, help="Seconds to wait for every /health."),
     ] = 60.0,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Also run the demo simulator: a year of claims ending today, in "
+            "accelerated business time (what `make run` does).",
+        ),
+    ] = False,
+    demo_day_seconds: Annotated[
+        float,
+        typer.Option("--demo-day-seconds", min=0.01, help="Wall seconds per business day."),
+    ] = 0.5,
     **ports: Any,
 ) -> None:
     """Run Redis and every service in the foreground until Ctrl-C.
@@ -290,6 +302,8 @@ def up(
         database_url=database_url,
         offices=None if no_offices else (offices or DEFAULT_OFFICES),
         startup_timeout=startup_timeout,
+        demo=demo,
+        demo_day_seconds=demo_day_seconds,
     )
     code = run_up(cfg, _out(), _err())
     raise typer.Exit(code)

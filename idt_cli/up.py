@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -71,6 +72,10 @@ class UpConfig:
     offices: Path | None = None
     startup_timeout: float = 60.0
     stop_timeout: float = 10.0
+    #: Run the demo simulator (a year of claims in accelerated business time).
+    demo: bool = False
+    demo_day_seconds: float = 0.5
+    demo_claims_per_day: int = 12
 
 
 class Failure(Exception):
@@ -156,11 +161,22 @@ class Stack:
     redis_server: EmbeddedRedis | None = None
     client: redis.Redis | None = None
     lock: VarDirLock | None = None
+    demo: subprocess.Popen[bytes] | None = None
 
     def stop_all(self, timeout: float) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+        if self.demo is not None:
+            if self.demo.poll() is None:
+                self.out.print("Stopping the demo simulator")
+                _signal_group(self.demo, signal.SIGTERM)
+                try:
+                    self.demo.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    _signal_group(self.demo, signal.SIGKILL)
+                    self.demo.wait()
+            self.demo = None
         alive = [s for s in self.services if s.proc.poll() is None]
         if alive:
             self.out.print(f"Stopping {', '.join(s.service.name for s in alive)} (SIGTERM)")
@@ -275,8 +291,45 @@ def _run(cfg: UpConfig, out: Console, stack: Stack) -> int:
         registry_note = f"{s.total} offices ({kinds}) from {_show(cfg.offices)}"
         out.print(f"Published {registry_note} to {STREAM}")
 
+    if cfg.demo:
+        stack.demo = _start_demo(cfg, stack, redis_url, env, logs)
+        out.print(
+            f"Started the demo simulator (pid {stack.demo.pid}): a year of claims, one business "
+            f"day every {cfg.demo_day_seconds:g} s; log {_show(logs / 'demo.log')}"
+        )
     out.print(_where_table(cfg, stack, redis_url, var_dir, registry_note))
     return _supervise(stack)
+
+
+def _start_demo(
+    cfg: UpConfig, stack: Stack, redis_url: str, env: dict[str, str], logs: Path
+) -> subprocess.Popen[bytes]:
+    urls = {s.service.name: s.url for s in stack.services}
+    missing = {"contact_centre", "bdc"} - set(urls)
+    if missing:
+        raise Failure(f"--demo needs the services {sorted(missing)} running", exit_code=2)
+    # A year ending today, so every date is in the past for the intakes' checks.
+    start = wall_clock_now().date() - timedelta(days=365)
+    cmd = [
+        sys.executable, "-m", "idt_cli.demo", "--redis-url", redis_url,
+        "--contact-centre", urls["contact_centre"], "--bdc", urls["bdc"],
+        "--start", start.isoformat(), "--days", "365",
+        "--day-seconds", str(cfg.demo_day_seconds),
+        "--claims-per-day", str(cfg.demo_claims_per_day),
+    ]  # fmt: skip
+    if cfg.offices is not None:
+        cmd += ["--offices", str(cfg.offices)]
+    log = (logs / "demo.log").open("ab")
+    with log:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
 
 
 def _supervise(stack: Stack) -> int:
@@ -284,6 +337,15 @@ def _supervise(stack: Stack) -> int:
         if stack.stop.wait(0.5):
             stack.out.print(f"{stack.stop.signal_name} received: stopping")
             return 0
+        if stack.demo is not None and (code := stack.demo.poll()) is not None:
+            if code == 0:
+                stack.out.print("The demo simulator finished its year; the services keep running")
+            else:
+                stack.out.print(
+                    f"The demo simulator {describe_exit(code)} (see its log); "
+                    "the services keep running"
+                )
+            stack.demo = None
         for s in stack.services:
             code = s.proc.poll()
             if code is not None:

@@ -558,3 +558,24 @@ def test_a_redis_left_over_by_a_killed_up_is_not_doubled(tmp_path):
     lock.acquire()
     lock.release()
     assert (var / "idt-up.lock").read_text() == ""
+
+
+def test_up_with_the_demo_opens_windows_and_stops_the_simulator_on_sigint(tmp_path, redis_url, r):
+    var = tmp_path / "var"
+    args = ("--redis-url", redis_url, "--var-dir", str(var), "--demo", "--demo-day-seconds", "0.05")
+    with idt_up(tmp_path, *args) as up:
+        wait_for(lambda: healthy(up, up.cc), timeout=60, interval=0.2)
+        # Claims flow through both intakes and the scheduler decides windows.
+        wait_for(lambda: r.xlen("idt:claim-cleared") > 20, timeout=60, interval=0.5)
+        wait_for(lambda: r.xlen("idt:window-outcome") > 0, timeout=90, interval=0.5)
+        alerts = [k for k in r.scan_iter("idt:window-alerts:*")]
+        assert alerts, "no office received an alert"
+        demo_log = (var / "logs" / "demo.log").read_text()
+        assert "business day" in demo_log
+        # Every request the simulator made was accepted by the intakes.
+        assert not re.search(r": [45]\d\d \{", demo_log), demo_log
+        children = up.descendants()
+        assert any("idt_cli.demo" in " ".join(c.cmdline()) for c in children)
+        assert up.stop() == 0, up.output()
+        assert "Stopping the demo simulator" in up.output()
+        assert_all_stopped(children, up)

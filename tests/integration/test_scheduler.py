@@ -160,10 +160,12 @@ def test_window_outcomes_are_published_and_revised_by_a_late_event(sched, r):
     # arrived is revised; wait for the settled revision to be published.
     key = ("LATE-1:IB_INITIAL_WFI:1", "policy")
     wait_for(
-        lambda: len(lt := latest(r)) == 2
-        and key in lt
-        and lt[key].data.stage is not None
-        and lt[key].data.stage.value == "JOBCENTRE"
+        lambda: (
+            len(lt := latest(r)) == 2
+            and key in lt
+            and lt[key].data.stage is not None
+            and lt[key].data.stage.value == "JOBCENTRE"
+        )
     )
     before = latest(r)
     assert {o.data.outcome.value for o in before.values()} == {"MISSED"}
