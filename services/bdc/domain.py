@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from idt_contract.events import ClearanceOutcome, OfficeKind
 from idt_domain.calendar import working_days_between
+from idt_domain.ordering import TimeKey, supersedes
 
 #: Spec §5: the AACT target, in working days.
 AACT_TARGET_WORKING_DAYS = 18
@@ -42,14 +43,7 @@ class Refused(ValueError):
 
 # ---------------------------------------------------------------- ordering
 
-
-TimeKey = tuple[str, str]
-
-
-def supersedes(new: TimeKey, old: TimeKey | None) -> bool:
-    """Last-writer-wins in event time: (UTC time key, event id) ordering, so the
-    same set of events gives the same state in any arrival order."""
-    return old is None or new > old
+__all__ = ["TimeKey", "supersedes"]  # re-exported: the ordering rule the appliers follow
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from idt_contract.events import (
 )
 from idt_domain.calendar import london_date, utc_key
 from idt_runtime.consumer import Applier, Reject
+from idt_runtime.latest import upsert_latest
 from idt_runtime.outbox import add_to_outbox
 
 from . import domain
@@ -34,41 +35,27 @@ from .models import TABLES, BdcClearance, BdcEvidence, BdcIntake, BdcOffice, Bdc
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, OfficeRegistered)
-        key = utc_key(ev.time)
-        row = session.get(BdcOffice, ev.data.office_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
-        row = row or BdcOffice(office_id=ev.data.office_id)  # type: ignore[call-arg]
-        row.kind, row.name = ev.data.kind.value, ev.data.name
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        d = ev.data
+        upsert_latest(session, BdcOffice, d.office_id, ev, kind=d.kind.value, name=d.name)
 
 
 def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, ClaimRegistered)
-        key = utc_key(ev.time)
-        row = session.get(BdcRegisteredClaim, ev.data.claim_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
         d = ev.data
-        row = row or BdcRegisteredClaim(claim_id=d.claim_id)  # type: ignore[call-arg]
-        row.benefit, row.claim_start_date = d.benefit.value, d.claim_start_date
-        row.contact_centre_id = d.contact_centre_id
-        row.registered_date = london_date(ev.time)
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        upsert_latest(
+            session, BdcRegisteredClaim, d.claim_id, ev,
+            benefit=d.benefit.value, claim_start_date=d.claim_start_date,
+            contact_centre_id=d.contact_centre_id, registered_date=london_date(ev.time),
+        )  # fmt: skip
 
 
 def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
     """Every `claim-cleared`, this service's own and any other system's: the latest
     in event time per claim is the one in force (and the one AACT counts).
 
-    A clearance dated before its own received_date is impossible; it raises, so
-    the runtime retries it and then dead-letters it with this reason, instead of
-    letting it count 0 working days."""
+    A clearance dated before its own received_date is impossible (the contract
+    already refuses it); the guard raises `Reject`, a dead letter at once."""
     for ev in events:
         assert isinstance(ev, ClaimCleared)
         d = ev.data
@@ -78,16 +65,11 @@ def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
         except domain.Refused as exc:
             # The contract already refuses these; kept as a guard, never retried.
             raise Reject(f"claim-cleared {ev.id!r} for {d.claim_id!r}: {exc}") from None
-        key = utc_key(ev.time)
-        row = session.get(BdcClearance, d.claim_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
-        row = row or BdcClearance(claim_id=d.claim_id)  # type: ignore[call-arg]
-        row.bdc_id, row.outcome, row.received_date = d.bdc_id, d.outcome.value, d.received_date
-        row.cleared_date = cleared_date
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        upsert_latest(
+            session, BdcClearance, d.claim_id, ev,
+            bdc_id=d.bdc_id, outcome=d.outcome.value, received_date=d.received_date,
+            cleared_date=cleared_date,
+        )  # fmt: skip
 
 
 APPLIERS: dict[str, Applier] = {

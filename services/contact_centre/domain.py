@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import date
 
 from idt_contract.events import Benefit, OfficeKind, PrimaryBenefit
+from idt_domain.ordering import supersedes
+
+__all__ = ["supersedes"]  # re-exported: the ordering rule the appliers follow
 
 # HMRC NIM39110: two prefix letters, six digits, suffix A-D. The first letter is
 # not D, F, I, Q, U or V; the second not D, F, I, O, Q, U or V; and the prefixes
@@ -150,9 +153,3 @@ def marker_problems(
 
 def age_days(registered: date, as_of: date) -> int:
     return max(0, (as_of - registered).days)
-
-
-def supersedes(new_time_key: tuple[str, str], old_time_key: tuple[str, str] | None) -> bool:
-    """Last-writer-wins in event time: (ISO UTC time, event id) ordering, so the
-    same set of events gives the same state in any arrival order."""
-    return old_time_key is None or new_time_key > old_time_key

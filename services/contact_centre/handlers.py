@@ -22,7 +22,8 @@ from idt_contract.events import (
     OfficeKind,
     OfficeRegistered,
 )
-from idt_domain.calendar import london_date, utc_key
+from idt_domain.calendar import london_date
+from idt_runtime.latest import upsert_latest
 from idt_runtime.outbox import add_to_outbox
 
 from . import domain
@@ -34,61 +35,36 @@ from .models import TABLES, CcClaim, CcClearance, CcIntake, CcMarker, CcOffice
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, OfficeRegistered)
-        key = utc_key(ev.time)
-        row = session.get(CcOffice, ev.data.office_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
-        row = row or CcOffice(office_id=ev.data.office_id)  # type: ignore[call-arg]
-        row.kind, row.name = ev.data.kind.value, ev.data.name
-        row.district, row.region = ev.data.district, ev.data.region
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        d = ev.data
+        upsert_latest(session, CcOffice, d.office_id, ev, kind=d.kind.value, name=d.name,
+                      district=d.district, region=d.region)  # fmt: skip
 
 
 def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, ClaimRegistered)
-        key = utc_key(ev.time)
-        row = session.get(CcClaim, ev.data.claim_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
         d = ev.data
-        row = row or CcClaim(claim_id=d.claim_id)  # type: ignore[call-arg]
-        row.customer_ref, row.benefit = d.customer_ref, d.benefit.value
-        row.claim_start_date, row.contact_centre_id = d.claim_start_date, d.contact_centre_id
-        row.registered_date = london_date(ev.time)
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        upsert_latest(
+            session, CcClaim, d.claim_id, ev,
+            customer_ref=d.customer_ref, benefit=d.benefit.value,
+            claim_start_date=d.claim_start_date, contact_centre_id=d.contact_centre_id,
+            registered_date=london_date(ev.time),
+        )  # fmt: skip
 
 
 def apply_markers(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, MarkerSet)
-        key = utc_key(ev.time)
-        row = session.get(CcMarker, (ev.data.claim_id, ev.data.marker.value))
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
-        row = row or CcMarker(claim_id=ev.data.claim_id, marker=ev.data.marker.value)  # type: ignore[call-arg]
-        row.value, row.time_key, row.event_id = ev.data.value, key, ev.id
-        session.add(row)
-        session.flush()
+        d = ev.data
+        upsert_latest(session, CcMarker, (d.claim_id, d.marker.value), ev, value=d.value)
 
 
 def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, ClaimCleared)
-        key = utc_key(ev.time)
-        row = session.get(CcClearance, ev.data.claim_id)
-        if row is not None and not domain.supersedes((key, ev.id), (row.time_key, row.event_id)):
-            continue
-        row = row or CcClearance(claim_id=ev.data.claim_id)  # type: ignore[call-arg]
-        row.outcome, row.bdc_id = ev.data.outcome.value, ev.data.bdc_id
-        row.cleared_date = london_date(ev.time)
-        row.time_key, row.event_id = key, ev.id
-        session.add(row)
-        session.flush()
+        d = ev.data
+        upsert_latest(session, CcClearance, d.claim_id, ev, outcome=d.outcome.value,
+                      bdc_id=d.bdc_id, cleared_date=london_date(ev.time))  # fmt: skip
 
 
 APPLIERS = {

@@ -352,16 +352,21 @@ def _days(facts: Iterable[Dated], intervention: str) -> list[date]:
     return [f.day for f in facts if f.intervention == intervention]
 
 
-def ib_windows(h: ClaimHistory, as_of: date | None) -> list[Window]:
-    assert h.claim_start_date is not None
-    iv = "IB_INITIAL_WFI"
-    conducted = _days(h.conducted, iv)
-    kw = {
-        "conducted": conducted,
+def _facts(h: ClaimHistory, iv: str) -> dict[str, Sequence[date]]:
+    """The dated facts that decide a window of intervention `iv` (spec §4)."""
+    return {
+        "conducted": _days(h.conducted, iv),
         "waived": _days(h.waived, iv),
         "deferred": _days(h.deferred, iv),
         "closed": h.closed,
     }
+
+
+def ib_windows(h: ClaimHistory, as_of: date | None) -> list[Window]:
+    assert h.claim_start_date is not None
+    iv = "IB_INITIAL_WFI"
+    kw = _facts(h, iv)
+    conducted = kw["conducted"]
     start = h.claim_start_date
     out = []
     p_open, p_close = start + timedelta(days=56), start + timedelta(days=90)
@@ -396,13 +401,8 @@ def ib_windows(h: ClaimHistory, as_of: date | None) -> list[Window]:
 def lp_windows(h: ClaimHistory, as_of: date | None, config: RulesConfig) -> list[Window]:
     assert h.claim_start_date is not None
     iv = "LP_WFI_REVIEW"
-    conducted = _days(h.conducted, iv)
-    kw = {
-        "conducted": conducted,
-        "waived": _days(h.waived, iv),
-        "deferred": _days(h.deferred, iv),
-        "closed": h.closed,
-    }
+    kw = _facts(h, iv)
+    conducted = kw["conducted"]
     months = config.lp_review_months
     out: list[Window] = []
     for basis in BASES:

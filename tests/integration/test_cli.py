@@ -493,7 +493,8 @@ def test_up_refuses_bad_input_before_starting_anything(tmp_path):
 
 def test_up_ports_come_from_the_environment(tmp_path, redis_url):
     port = free_port()
-    result = invoke("up", "--help", env={"IDT_PORT_CONTACT_CENTRE": str(port)})
+    # A wide terminal, so rich does not wrap the env var names in the help table.
+    result = invoke("up", "--help", env={"IDT_PORT_CONTACT_CENTRE": str(port), "COLUMNS": "200"})
     assert result.exit_code == 0
     assert "IDT_PORT_CONTACT_CENTRE" in result.output
     assert "IDT_PORT_BDC" in result.output

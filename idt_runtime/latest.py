@@ -1,0 +1,38 @@
+"""Upserting "latest in event time wins" state, the same way in every service."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from sqlmodel import Session, SQLModel
+
+from idt_contract import Envelope
+from idt_domain.calendar import utc_key
+from idt_domain.ordering import supersedes
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+def upsert_latest(
+    session: Session, model: type[Row], key: Any, event: Envelope, **values: Any
+) -> Row | None:
+    """Set `values` on the row of `model` whose primary key is `key`, unless the row
+    already holds a later event (in event time, then event id). The model has
+    `time_key` and `event_id` columns. Returns the row, or None when it was kept."""
+    time_key = utc_key(event.time)
+    row = session.get(model, key)
+    if row is not None and not supersedes((time_key, event.id), (row.time_key, row.event_id)):  # type: ignore[attr-defined]
+        return None
+    if row is None:
+        table = model.__table__  # type: ignore[attr-defined]
+        names = [c.name for c in table.primary_key.columns]
+        keys = key if isinstance(key, tuple) else (key,)
+        row = model(
+            **dict(zip(names, keys, strict=True)), **values, time_key=time_key, event_id=event.id
+        )
+    else:
+        for name, value in {**values, "time_key": time_key, "event_id": event.id}.items():
+            setattr(row, name, value)
+    session.add(row)
+    session.flush()
+    return row
