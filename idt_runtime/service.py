@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from .clock import Clock, SystemClock
 from .consumer import Applier, EventConsumer
 from .db import RuntimeTables, make_engine, migrate
-from .metrics import RuntimeMetrics
+from .metrics import RuntimeMetrics, StreamCollector
 from .outbox import OutboxRelay
 from .settings import RuntimeSettings
 
@@ -85,6 +85,7 @@ class ServiceRuntime:
         self.consumer: EventConsumer | None = None
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        self._streams: StreamCollector | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +161,10 @@ class ServiceRuntime:
             )(make_handler(stream))
         await self.broker.start()
         self.metrics.consumer_up.labels(self.spec.name).set(1)
+        self._streams = StreamCollector(
+            self.spec.name, s.redis_url, self.spec.name, consumer.streams
+        )
+        self.metrics.registry.register(self._streams)  # type: ignore[arg-type]
         self._tasks.append(
             asyncio.create_task(
                 self.consumer.reclaim_forever(s.reclaim_interval_s, self._restart_subscribers)
@@ -198,6 +203,10 @@ class ServiceRuntime:
             await self._bounded("outbox flush", self.relay.flush())
         if self.redis is not None:
             await self._bounded("redis", self.redis.aclose())
+        if self._streams is not None:
+            self.metrics.registry.unregister(self._streams)  # type: ignore[arg-type]
+            self._streams.close()
+            self._streams = None
         if self.engine is not None:
             self.engine.dispose()
 

@@ -3,11 +3,13 @@ event time, publishes outcome revisions and alerts, and answers staff queries.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
+from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field
 from sqlmodel import Session, SQLModel
 
@@ -51,10 +53,43 @@ class SchedulerSettings(RuntimeSettings):
         )
 
 
+class WindowsCollector:
+    """Open and at-risk windows per element and district, read at scrape time."""
+
+    def __init__(self, runtime: ServiceRuntime, closing_days: int) -> None:
+        self.runtime = runtime
+        self.closing_days = closing_days
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        open_ = GaugeMetricFamily(
+            "idt_windows_open",
+            "Windows not yet decided (policy basis), by element and district.",
+            labels=["element", "district"],
+        )
+        risk = GaugeMetricFamily(
+            "idt_windows_at_risk",
+            "Open windows closing within the alert period with nothing booked.",
+            labels=["element", "district"],
+        )
+        if self.runtime.engine is not None:
+            with Session(self.runtime.engine) as s:
+                opened, at_risk = handlers.open_windows_by_district(s, self.closing_days)
+            for (element, district), n in sorted(opened.items()):
+                open_.add_metric([element, district], n)
+            for (element, district), n in sorted(at_risk.items()):
+                risk.add_metric([element, district], n)
+        yield open_
+        yield risk
+
+
 def create_app(settings: SchedulerSettings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
     scheduler = handlers.Scheduler(settings.scheduler_config())
     runtime = ServiceRuntime(SPEC, settings, appliers=scheduler.appliers(), clock=clock)
+    runtime.metrics.registry.register(WindowsCollector(runtime, settings.closing_alert_days))  # type: ignore[arg-type]
     router = APIRouter(prefix="/v1")
 
     def session() -> Session:

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import func
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, decode, make_event, stream_for
 from idt_contract.events import (
@@ -151,6 +151,7 @@ class Scheduler:
                 continue
             row = row or SchOffice(office_id=ev.data.office_id)  # type: ignore[call-arg]
             row.kind, row.name = ev.data.kind.value, ev.data.name
+            row.district, row.region = ev.data.district, ev.data.region
             row.time_key, row.event_id = key, ev.id
             session.add(row)
             touched.add(ev.data.office_id)
@@ -522,6 +523,39 @@ def jobcentre_queue(
         )
     items.sort(key=lambda i: (min(i["closes"].values()), i["claim_id"], i["window_id"]))
     return items
+
+
+def open_windows_by_district(
+    session: Session, closing_days: int
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """(element, district) -> windows open (not decided, policy basis), and those of
+    them at risk: closing within `closing_days` of the business date with nothing
+    booked. Windows of unallocated claims count under district UNALLOCATED."""
+    as_of = business_date(session)
+    districts = dict(session.exec(select(SchOffice.office_id, SchOffice.district)).all())
+    kinds = dict(session.exec(select(SchOffice.office_id, SchOffice.kind)).all())
+    rows = session.exec(
+        select(
+            col(SchWindow.element),
+            col(SchWindow.jobcentre_id),
+            col(SchWindow.closes),
+            col(SchWindow.booking_state),
+        ).where(
+            SchWindow.basis == "policy",
+            SchWindow.exists_now == True,  # noqa: E712
+            col(SchWindow.status).in_([Status.OPEN.value, Status.UPCOMING.value]),
+        )
+    ).all()
+    open_: dict[tuple[str, str], int] = {}
+    risk: dict[tuple[str, str], int] = {}
+    for element, jc, closes, booking in rows:
+        district = districts.get(jc) if jc and kinds.get(jc) == "JOBCENTRE" else None
+        key = (element, district or "UNALLOCATED")
+        open_[key] = open_.get(key, 0) + 1
+        booked = booking in ("BOOKED", "CONDUCTED")
+        if as_of is not None and (closes - as_of).days <= closing_days and not booked:
+            risk[key] = risk.get(key, 0) + 1
+    return open_, risk
 
 
 def counts(session: Session) -> dict[str, int]:

@@ -39,6 +39,8 @@ class SchOffice(SQLModel, table=True):
     office_id: str = Field(primary_key=True, max_length=32)
     kind: str = Field(max_length=20)
     name: str = Field(max_length=200)
+    district: str = Field(default="", max_length=200)
+    region: str = Field(default="", max_length=200)
     time_key: str = Field(max_length=40)
     event_id: str = Field(max_length=128)
 

@@ -1,0 +1,321 @@
+"""Scoring handlers: keep the current outcome of every window (its highest
+revision) and the facts behind the guard-rails; answer scores by aggregating."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from idt_contract import Envelope, stream_for
+from idt_contract.events import (
+    ClaimCleared,
+    ClaimRegistered,
+    ClockTick,
+    InterviewConducted,
+    InterviewFailedToAttend,
+    MarkerSet,
+    OfficeRegistered,
+    WindowOutcome,
+)
+from idt_domain.calendar import london_date, utc_key, working_days_between
+from idt_runtime.consumer import Applier
+from idt_runtime.latest import upsert_latest
+
+from . import domain
+from .models import (
+    ScoClaim,
+    ScoClearance,
+    ScoClock,
+    ScoFailedToAttend,
+    ScoInterview,
+    ScoMarker,
+    ScoOffice,
+    ScoOutcome,
+)
+
+# --------------------------------------------------------------------------- appliers
+
+
+def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, WindowOutcome)
+        d = ev.data
+        row = session.get(ScoOutcome, (d.window_id, d.basis))
+        if row is not None and row.revision >= d.revision:
+            continue  # an older revision arriving late changes nothing
+        row = row or ScoOutcome(
+            window_id=d.window_id, basis=d.basis, claim_id=d.claim_id, element=d.element.value,
+            outcome=d.outcome.value, revision=d.revision,
+        )  # fmt: skip
+        row.element, row.outcome, row.revision = d.element.value, d.outcome.value, d.revision
+        row.outcome_date, row.jobcentre_id = d.outcome_date, d.jobcentre_id
+        row.stage = d.stage.value if d.stage else None
+        session.add(row)
+        session.flush()
+
+
+def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, OfficeRegistered)
+        d = ev.data
+        upsert_latest(
+            session, ScoOffice, d.office_id, ev,
+            kind=d.kind.value, name=d.name, district=d.district, region=d.region,
+        )  # fmt: skip
+
+
+def apply_ticks(session: Session, events: Sequence[Envelope]) -> None:
+    latest = max(events, key=lambda e: (utc_key(e.time), e.id))
+    assert isinstance(latest, ClockTick)
+    key = utc_key(latest.time)
+    clock = session.get(ScoClock, 1)
+    if clock is not None and key <= clock.time_key:
+        return
+    clock = clock or ScoClock(id=1, time_key=key, as_of=london_date(latest.time))
+    clock.time_key, clock.as_of = key, london_date(latest.time)
+    session.add(clock)
+    session.flush()
+
+
+def apply_interviews(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, InterviewConducted)
+        d = ev.data
+        if session.get(ScoInterview, ev.id) is None:
+            session.add(
+                ScoInterview(
+                    event_id=ev.id, day=london_date(ev.time), intervention=d.intervention.value,
+                    jobcentre_id=d.jobcentre_id, minutes=d.duration_minutes,
+                )
+            )  # fmt: skip
+    session.flush()
+
+
+def apply_ftas(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, InterviewFailedToAttend)
+        if session.get(ScoFailedToAttend, ev.id) is None:
+            session.add(
+                ScoFailedToAttend(
+                    event_id=ev.id, day=london_date(ev.time),
+                    intervention=ev.data.intervention.value,
+                )
+            )  # fmt: skip
+    session.flush()
+
+
+def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, ClaimRegistered)
+        d = ev.data
+        upsert_latest(
+            session, ScoClaim, d.claim_id, ev, contact_centre_id=d.contact_centre_id,
+            benefit=d.benefit.value, registered_date=london_date(ev.time),
+        )  # fmt: skip
+
+
+def apply_markers(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, MarkerSet)
+        d = ev.data
+        upsert_latest(session, ScoMarker, (d.claim_id, d.marker.value), ev, value=d.value)
+
+
+def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
+    for ev in events:
+        assert isinstance(ev, ClaimCleared)
+        d = ev.data
+        cleared = london_date(ev.time)
+        upsert_latest(
+            session, ScoClearance, d.claim_id, ev, bdc_id=d.bdc_id,
+            received_date=d.received_date, cleared_date=cleared,
+            working_days=working_days_between(d.received_date, cleared),
+        )  # fmt: skip
+
+
+APPLIERS: dict[str, Applier] = {
+    stream_for("window-outcome"): apply_outcomes,
+    stream_for("office-registered"): apply_offices,
+    stream_for("clock-tick"): apply_ticks,
+    stream_for("interview-conducted"): apply_interviews,
+    stream_for("interview-failed-to-attend"): apply_ftas,
+    stream_for("claim-registered"): apply_claims,
+    stream_for("marker-set"): apply_markers,
+    stream_for("claim-cleared"): apply_clearances,
+}
+
+PUBLISHES: tuple[str, ...] = ()
+
+# --------------------------------------------------------------------------- queries
+
+
+def business_date(session: Session) -> date | None:
+    clock = session.get(ScoClock, 1)
+    return clock.as_of if clock else None
+
+
+def offices(session: Session) -> dict[str, domain.Office]:
+    return {
+        o.office_id: domain.Office(o.office_id, o.kind, o.district, o.region)
+        for o in session.exec(select(ScoOffice)).all()
+    }
+
+
+def jobcentre_counts(
+    session: Session, basis: str, period: domain.Period, registry: dict[str, domain.Office]
+) -> dict[str, dict[str, domain.Counts]]:
+    """Jobcentre → element → counts, aggregated in the database."""
+    rows = session.exec(
+        select(ScoOutcome.jobcentre_id, ScoOutcome.element, ScoOutcome.outcome, func.count())
+        .where(
+            ScoOutcome.basis == basis,
+            col(ScoOutcome.outcome).in_(domain.COUNTED),
+            col(ScoOutcome.outcome_date) >= period.first,
+            col(ScoOutcome.outcome_date) <= period.last,
+        )
+        .group_by(ScoOutcome.jobcentre_id, ScoOutcome.element, ScoOutcome.outcome)
+    ).all()
+    out: dict[str, dict[str, domain.Counts]] = {}
+    for jobcentre_id, element, outcome, n in rows:
+        scope = domain.scope_of(jobcentre_id, registry)
+        out.setdefault(scope, {}).setdefault(element, domain.Counts()).add(outcome, n)
+    return out
+
+
+@dataclass(frozen=True)
+class ScoresQuery:
+    period: domain.Period
+    level: domain.Level
+    basis: domain.Basis
+
+
+def scores(session: Session, q: ScoresQuery, targets: Sequence[domain.Target]) -> dict[str, Any]:
+    registry = offices(session)
+    by_jc = jobcentre_counts(session, q.basis, q.period, registry)
+    rolled = domain.roll_up(by_jc, q.level, registry)
+    return {
+        "period": q.period.text,
+        "level": q.level,
+        "basis": q.basis,
+        "as_of": business_date(session),
+        "rows": domain.score_rows(rolled, q.basis, q.period, targets),
+    }
+
+
+def guardrails(session: Session, period: domain.Period) -> dict[str, Any]:
+    """The measures staff gamed under pressure, beside the scores (spec §7)."""
+    first, last = period.first, period.last
+    in_period = (col(ScoOutcome.outcome_date) >= first, col(ScoOutcome.outcome_date) <= last)
+    by_element: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    measured = (ScoOutcome.basis == "measured", col(ScoOutcome.outcome).in_(domain.COUNTED))
+    for element, outcome, n in session.exec(
+        select(ScoOutcome.element, ScoOutcome.outcome, func.count())
+        .where(*measured, *in_period)
+        .group_by(ScoOutcome.element, ScoOutcome.outcome)
+    ).all():
+        by_element[element][outcome] += n
+    waiver_deferral = {
+        e: {
+            "windows": sum(c.values()),
+            "waiver_rate": _ratio(c["WAIVED"], sum(c.values())),
+            "deferral_rate": _ratio(c["DEFERRED"], sum(c.values())),
+        }
+        for e, c in sorted(by_element.items())
+    }
+    interviews = session.exec(
+        select(ScoInterview.minutes).where(ScoInterview.day >= first, ScoInterview.day <= last)
+    ).all()
+    ftas = session.exec(
+        select(func.count())
+        .select_from(ScoFailedToAttend)
+        .where(ScoFailedToAttend.day >= first, ScoFailedToAttend.day <= last)
+    ).one()
+    minutes = sorted(interviews)
+    stage_rows = session.exec(
+        select(ScoOutcome.element, ScoOutcome.stage, func.count())
+        .where(ScoOutcome.basis == "measured", ScoOutcome.outcome == "MISSED", *in_period)
+        .group_by(col(ScoOutcome.element), col(ScoOutcome.stage))
+    ).all()
+    missed_by_stage: dict[str, dict[str, int]] = defaultdict(dict)
+    for element, stage, n in stage_rows:
+        missed_by_stage[element][stage or "UNKNOWN"] = n
+    return {
+        "period": period.text,
+        "as_of": business_date(session),
+        "waivers_and_deferrals": waiver_deferral,
+        "failure_to_attend": {
+            "failed": ftas,
+            "conducted": len(minutes),
+            "rate": _ratio(ftas, ftas + len(minutes)),
+        },
+        "interview_minutes": _distribution(minutes),
+        "marker_errors_by_contact_centre": marker_errors(session, period),
+        "aact_by_bdc": aact(session, period),
+        "missed_by_stage": {e: missed_by_stage[e] for e in sorted(missed_by_stage)},
+    }
+
+
+def marker_errors(session: Session, period: domain.Period) -> dict[str, dict[str, Any]]:
+    """Claims registered in the period whose JOBCENTRE marker now names no
+    registered Jobcentre, per Contact Centre."""
+    registry = offices(session)
+    claims = session.exec(
+        select(ScoClaim.claim_id, ScoClaim.contact_centre_id).where(
+            ScoClaim.registered_date >= period.first, ScoClaim.registered_date <= period.last
+        )
+    ).all()
+    if not claims:
+        return {}
+    markers = dict(
+        session.exec(
+            select(ScoMarker.claim_id, ScoMarker.value).where(
+                ScoMarker.marker == "JOBCENTRE",
+                col(ScoMarker.claim_id).in_([c for c, _ in claims]),
+            )
+        ).all()
+    )
+    per_cc: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for claim_id, cc in claims:
+        per_cc[cc][0] += 1
+        if domain.scope_of(markers.get(claim_id), registry) == domain.UNALLOCATED:
+            per_cc[cc][1] += 1
+    return {
+        cc: {"claims": n, "errors": e, "rate": _ratio(e, n)}
+        for cc, (n, e) in sorted(per_cc.items())
+    }
+
+
+def aact(session: Session, period: domain.Period) -> dict[str, dict[str, Any]]:
+    rows = session.exec(
+        select(ScoClearance.bdc_id, func.count(), func.avg(ScoClearance.working_days))
+        .where(ScoClearance.cleared_date >= period.first, ScoClearance.cleared_date <= period.last)
+        .group_by(ScoClearance.bdc_id)
+    ).all()
+    return {bdc: {"claims": n, "aact": round(float(avg), 2)} for bdc, n, avg in sorted(rows)}
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return a / b if b else None
+
+
+def _distribution(values: list[int]) -> dict[str, Any]:
+    if not values:
+        return {"count": 0}
+
+    def pct(p: float) -> int:
+        return values[min(len(values) - 1, int(p * len(values)))]
+
+    return {
+        "count": len(values),
+        "mean": round(sum(values) / len(values), 1),
+        "p10": pct(0.10),
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "under_30": sum(1 for v in values if v < 30),
+    }
