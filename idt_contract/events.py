@@ -9,12 +9,20 @@ Plain data only: no I/O, no clock. Producers pass `time` explicitly.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+#: A National Insurance number anywhere in a text (two prefix letters, six digits
+#: in pairs or not, a suffix A-D), case-insensitive. Personal data: never on the bus.
+NINO_IN_TEXT = re.compile(r"(?i)[A-Z]{2}[\s_.-]?\d{2}[\s_.-]?\d{2}[\s_.-]?\d{2}[\s_.-]?[A-D]")
+#: The pseudonym format the Contact Centre issues: exempt from the search above,
+#: since 40 hex digits can happen to contain such a run.
+OUR_CUSTOMER_REF = re.compile(r"^cr_[0-9a-f]{40}$")
 
 # Office ids appear inside stream keys (`idt:window-alerts:<office_id>`), so they
 # are restricted to characters that are safe there and in ACL key patterns.
@@ -95,6 +103,12 @@ class _Data(BaseModel):
 class _ClaimData(_Data):
     claim_id: ClaimId
 
+    @model_validator(mode="after")
+    def _claim_id_is_not_a_nino(self) -> _ClaimData:
+        if NINO_IN_TEXT.search(self.claim_id):
+            raise ValueError("claim_id contains a National Insurance number; use a claim reference")
+        return self
+
 
 class OfficeRegisteredData(_Data):
     office_id: OfficeId
@@ -114,11 +128,11 @@ class ClaimRegisteredData(_ClaimData):
 
     @model_validator(mode="after")
     def _not_a_raw_nino(self) -> ClaimRegisteredData:
-        import re
-
-        if re.fullmatch(r"[A-Za-z]{2}\d{6}[A-Za-z]?", self.customer_ref.replace(" ", "")):
+        ref = self.customer_ref
+        whole = re.fullmatch(r"[A-Za-z]{2}\d{6}[A-Za-z]?", ref)
+        if whole or (not OUR_CUSTOMER_REF.match(ref) and NINO_IN_TEXT.search(ref)):
             raise ValueError(
-                "customer_ref looks like a raw National Insurance number; publish the "
+                "customer_ref contains a raw National Insurance number; publish the "
                 "pseudonymous reference (keyed HMAC) instead"
             )
         return self

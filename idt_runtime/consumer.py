@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
+from idt_contract.events import NINO_IN_TEXT
 
 from .db import RuntimeTables
 from .metrics import RuntimeMetrics
@@ -49,6 +51,7 @@ log = logging.getLogger("idt.consumer")
 Applier = Callable[[Session, Sequence[Envelope]], None]
 
 INFRA_ERRORS: tuple[type[BaseException], ...] = (OperationalError, InterfaceError)
+_NINO_BYTES = re.compile(NINO_IN_TEXT.pattern.encode())
 
 
 class Reject(Exception):
@@ -268,9 +271,15 @@ class EventConsumer:
             "consumer": self.consumer,
             "failed_at": self._now().isoformat(),
         }
-        # The original fields, byte for byte, under `original:<field>`.
+        # The original fields under `original:<field>`, byte for byte except that an
+        # NI number in them is masked: personal data does not go to the dead letters.
+        redacted = 0
         for key, value in entry.fields.items():
-            fields[b"original:" + key] = value
+            clean, n = _NINO_BYTES.subn(b"[NI-NUMBER-REDACTED]", value)
+            redacted += n
+            fields[b"original:" + key] = clean
+        if redacted:
+            fields["original_redacted"] = str(redacted)
         return fields
 
     # ------------------------------------------------------------------ reclaim
@@ -299,18 +308,14 @@ class EventConsumer:
         return total
 
     async def _process_claimed(self, stream: str, claimed: list[Any]) -> None:
-        ids = [c[0] for c in claimed]
         counts: dict[Any, int] = {}
-        pending = await self.redis.xpending_range(
-            stream,
-            self.group,
-            min=ids[0],
-            max=ids[-1],
-            count=len(ids) + 1000,
-            consumername=self.consumer,
-        )
-        for p in pending:
-            counts[p["message_id"]] = int(p["times_delivered"])
+        # The delivery count of each claimed entry, one exact XPENDING range per id.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in claimed:
+                pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
+            for found in await pipe.execute():
+                for p in found:
+                    counts[p["message_id"]] = int(p["times_delivered"])
         normal_ids, normal_data, over = [], [], []
         for entry_id, data in claimed:
             if counts.get(entry_id, 1) > self.max_deliveries:

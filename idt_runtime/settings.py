@@ -30,10 +30,11 @@ class RuntimeSettings(BaseSettings):
         description="SQLAlchemy URL; default: a SQLite file per service under var_dir.",
     )
     var_dir: Path = Path("var")
-    #: Stable per process slot (replica index); the consumer name is
-    #: `<service>-<host>-<slot>`. Stable names matter: a restarted slot picks up
-    #: its own pending entries, and DELCONSUMER would discard them.
-    consumer_slot: str = "0"
+    #: The consumer name is `<service>-<host>-<slot>`. `idt up` and deployments set
+    #: a stable slot per replica (0, 1, ...), so a restarted replica keeps its name;
+    #: without one the process id is used, so two processes never share a name.
+    #: (Nothing here ever runs XGROUP DELCONSUMER, which would discard pending entries.)
+    consumer_slot: str | None = None
     batch_size: int = Field(default=500, ge=1, le=10_000)
     block_ms: int = Field(default=200, ge=1, le=60_000)
     #: Entries pending longer than this (a consumer died between read and ack)
@@ -51,4 +52,5 @@ class RuntimeSettings(BaseSettings):
 
     def consumer_name(self, service: str) -> str:
         host = os.environ.get("HOSTNAME") or socket.gethostname()
-        return f"{service}-{host}-{self.consumer_slot}"
+        slot = self.consumer_slot if self.consumer_slot is not None else f"pid{os.getpid()}"
+        return f"{service}-{host}-{slot}"

@@ -39,13 +39,32 @@ def redis_server() -> Iterator[str]:
         yield url
         return
     if os.environ.get("IDT_TEST_USE_DOCKER", "1") == "1" and _docker_available():
-        from testcontainers.redis import RedisContainer
-
-        with RedisContainer("redis:7") as c:
-            yield f"redis://{c.get_container_host_ip()}:{c.get_exposed_port(6379)}/0"
-        return
+        container = _start_redis_container()
+        if container is not None:
+            try:
+                yield (
+                    f"redis://{container.get_container_host_ip()}:"
+                    f"{container.get_exposed_port(6379)}/0"
+                )
+            finally:
+                container.stop()
+            return
     with EmbeddedRedis() as server:
         yield server.url
+
+
+def _start_redis_container() -> Any:
+    """A Redis 7 container, or None when the engine answers but cannot run one
+    (no registry access, say): the embedded server is used instead."""
+    from testcontainers.redis import RedisContainer
+
+    container = RedisContainer("redis:7")
+    try:
+        container.start()
+    except Exception as exc:
+        print(f"testcontainers could not start redis:7 ({exc!r}); using the embedded Redis")
+        return None
+    return container
 
 
 @pytest.fixture

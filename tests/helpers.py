@@ -9,6 +9,10 @@ from idt_contract.events import OfficeKind, OfficeRegistered, OfficeRegisteredDa
 
 from .conftest import t
 
+#: A pseudonymisation key for tests (the development placeholder is refused outside
+#: IDT_ENVIRONMENT=development).
+TEST_KEY = "test-only-customer-ref-key-0123456789abcdef"
+
 OFFICES = [
     ("CC01", OfficeKind.CONTACT_CENTRE, "Bolton Contact Centre", "Contact Centres", "North West"),
     ("BDC01", OfficeKind.BDC, "Wigan Benefit Delivery Centre", "BDCs", "North West"),

@@ -33,12 +33,13 @@ class ContactCentreSettings(RuntimeSettings):
 
     @model_validator(mode="after")
     def _real_key_in_production(self) -> ContactCentreSettings:
-        if self.environment == "production" and (
+        if self.environment != "development" and (
             self.customer_ref_key == PLACEHOLDER_KEY or len(self.customer_ref_key) < 32
         ):
             raise ValueError(
                 "IDT_CUSTOMER_REF_KEY must be set to a secret of at least 32 characters "
-                "in production (the development placeholder is refused)"
+                f"outside development (IDT_ENVIRONMENT={self.environment}; the development "
+                "placeholder is refused)"
             )
         return self
 
@@ -155,7 +156,8 @@ def create_app(
         """Register a claim with both JP markers; publishes `claim-registered` and two
         `marker-set` events."""
         cmd = handlers.RegisterClaim(
-            claim_id=body.claim_id or f"CLM-{uuid.uuid4().hex[:12].upper()}",
+            # Digits only: a generated reference can never look like an NI number.
+            claim_id=body.claim_id or f"CLM-{uuid.uuid4().int % 10**12:012d}",
             nino=body.nino,
             benefit=body.benefit,
             claim_start_date=body.claim_start_date,

@@ -10,7 +10,7 @@ every alert carries both bases' dates and says when they differ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -114,19 +114,18 @@ def alerts_for(
     h: ClaimHistory,
     windows: Sequence[Window],
     as_of: date | None,
-    jobcentres: frozenset[str],
+    registry: Mapping[str, str],
     config: AlertConfig | None = None,
 ) -> list[Alert]:
     """Every alert the claim calls for as of `as_of` (already-sent ones included:
-    the caller filters by key)."""
+    the caller filters by key). `registry` maps office id to kind."""
     config = config or AlertConfig()
     today = as_of
     out: list[Alert] = []
-    eligible = h.eligibility() is not None
+    jobcentres = frozenset(o for o, kind in registry.items() if kind == "JOBCENTRE")
     # Alerts go to whoever owns the customer now: the latest marker in event time.
     jc_now = _latest_marker(h)
     allocated = jc_now in jobcentres
-    cc = _contact_centre(h)
 
     def alert(p: WindowPair, kind: str, office: str, key: str, **kw: object) -> Alert:
         detail = kw.pop("detail", None) or _conflict_note(p)
@@ -144,72 +143,51 @@ def alerts_for(
             **kw,  # type: ignore[arg-type]
         )
 
-    # The Contact Centre learns at once that an eligible claim has no Jobcentre.
-    if eligible and not allocated and cc is not None:
-        value = jc_now or "unset"
-        # One alert per unallocated episode, identified in event time (so arrival
-        # order cannot make two): from registration, or from the marker-set that
-        # took the claim away from a Jobcentre.
-        episode, was_allocated = "registration", False
-        for m in h.markers:
-            if m.marker != "JOBCENTRE":
-                continue
-            now_allocated = m.value in jobcentres
-            if was_allocated and not now_allocated:
-                episode = m.order[1]
-            was_allocated = now_allocated
-        for p in pairs(windows):
-            if p.intervention != LMI and not p.all_final:
+    all_pairs = pairs(windows)
+    cc = h.contact_centre_id
+    if h.eligibility() is not None and cc is not None and _names_no_jobcentre(jc_now, registry):
+        out += _marker_unallocated(h, all_pairs, jc_now, jobcentres, cc, alert)
+
+    if allocated and jc_now is not None:
+        office = jc_now
+        for p in all_pairs:
+            wid = p.window_id
+            if not p.all_final:
+                # Once per window and pair of dates: a later move (a marker reset
+                # restarting the measured clock) announces the new dates.
+                dates = f"{p.policy.opens}:{p.policy.closes}:{p.measured.opens}:{p.measured.closes}"
                 out.append(
-                    alert(
-                        p,
-                        "MARKER_UNALLOCATED",
-                        cc,
-                        f"{h.claim_id}:MARKER_UNALLOCATED:{episode}",
-                        detail=f"eligible claim's JOBCENTRE marker is {value!r}, which names "
-                        "no registered Jobcentre; windows are running",
-                    )
+                    alert(p, "WINDOW_OPENED", office, f"{wid}:WINDOW_OPENED:{dates}:{office}")
                 )
-                break
+            # CLOSING and MISSED per distinct window: the bases share one when their
+            # dates agree; a measured window moved by a reset gets its own.
+            distinct: dict[tuple[date, date], list[Window]] = {}
+            for w in (p.policy, p.measured):
+                distinct.setdefault((w.opens, w.closes), [])
+                if w not in distinct[(w.opens, w.closes)]:
+                    distinct[(w.opens, w.closes)].append(w)
+            for (opens, closes), ws in distinct.items():
+                w = ws[0]
+                bases = " and ".join(dict.fromkeys(x.basis for x in ws))
+                dates = f"{opens}:{closes}"
+                if not w.status.final:
+                    closing_from = closes - timedelta(config.closing_days)
+                    if today is not None and closing_from <= today <= closes:
+                        key = f"{wid}:WINDOW_CLOSING:{dates}:{office}"
+                        out.append(alert(p, "WINDOW_CLOSING", office, key))
+                elif w.status is Status.MISSED:
+                    note = f"missed on the {bases} basis"
+                    if p.conflict:
+                        note += f"; {_conflict_note(p)}"
+                    key = f"{wid}:WINDOW_MISSED:{dates}:{office}"
+                    out.append(alert(p, "WINDOW_MISSED", office, key, detail=note))
 
-    for p in pairs(windows):
-        office = jc_now if allocated else None
-        if office is None:
-            continue  # nobody to tell yet; MARKER_UNALLOCATED went to the CC
-        wid = p.window_id
-        if not p.any_final:
-            out.append(alert(p, "WINDOW_OPENED", office, f"{wid}:WINDOW_OPENED:{office}"))
-            earliest_close = min(p.policy.closes, p.measured.closes)
-            closing_from = earliest_close - timedelta(config.closing_days)
-            if today is not None and closing_from <= today <= earliest_close:
-                out.append(alert(p, "WINDOW_CLOSING", office, f"{wid}:WINDOW_CLOSING:{office}"))
-        if Status.MISSED in p.statuses():
-            missed = [w.basis for w in (p.policy, p.measured) if w.status is Status.MISSED]
-            bases = " and ".join(dict.fromkeys(missed))
-            out.append(
-                alert(
-                    p,
-                    "WINDOW_MISSED",
-                    office,
-                    f"{wid}:WINDOW_MISSED:{office}",
-                    detail=f"missed on the {bases} basis"
-                    + (f"; {_conflict_note(p)}" if p.conflict else ""),
-                )
-            )
-
-    # Bookings, pre-calls and re-bookings, against the current window of each intervention.
-    current: dict[str, WindowPair] = {}
-    for p in pairs(windows):
-        if p.intervention == LMI:
-            continue
-        prev = current.get(p.intervention)
-        if prev is None or p.policy.seq > prev.policy.seq:
-            current[p.intervention] = p
+    # Bookings, pre-calls and re-bookings, each against the window it belongs to.
     ftas = {(f.intervention, f.ref) for f in h.failed_to_attend}
     conducted = {(c.intervention, c.day.isoformat()) for c in h.conducted}
     for b in h.booked:
-        found = current.get(b.intervention)
-        if found is None:
+        found = _window_of(all_pairs, b.intervention, b.day)
+        if found is None or found.all_final:
             continue
         p = found
         slot = date.fromisoformat(b.ref)
@@ -218,7 +196,8 @@ def alerts_for(
             for basis, w in (("policy", p.policy), ("measured", p.measured))
             if slot < w.opens or slot > w.closes
         ]
-        if outside and not p.all_final:
+        if outside:
+            advice = " (do not book before the window opens)" if slot < p.policy.opens else ""
             out.append(
                 alert(
                     p,
@@ -226,18 +205,12 @@ def alerts_for(
                     b.extra,
                     f"{p.window_id}:BOOKING_OUTSIDE_WINDOW:{b.order[1]}",
                     slot_date=slot,
-                    detail=f"slot {slot} is outside the "
-                    + " and ".join(outside)
-                    + " window"
+                    detail=f"slot {slot} is outside the {' and '.join(outside)} window"
                     + ("s" if len(outside) > 1 else "")
-                    + (" (do not book before the window opens)" if slot < p.policy.opens else ""),
+                    + advice,
                 )
             )
-        live = (
-            not p.all_final
-            and (b.intervention, b.ref) not in ftas
-            and (b.intervention, b.ref) not in conducted
-        )
+        live = (b.intervention, b.ref) not in ftas and (b.intervention, b.ref) not in conducted
         if live and today is not None and previous_working_day(slot) <= today < slot:
             out.append(
                 alert(
@@ -250,22 +223,82 @@ def alerts_for(
                 )
             )
     for f in h.failed_to_attend:
-        found = current.get(f.intervention)
+        found = _window_of(all_pairs, f.intervention, f.day)
         if found is None or found.all_final or not allocated or jc_now is None:
             continue
-        p = found
         slot = date.fromisoformat(f.ref)
         out.append(
             alert(
-                p,
+                found,
                 "REBOOK_NEEDED",
                 jc_now,
-                f"{p.window_id}:REBOOK_NEEDED:{f.order[1]}",
+                f"{found.window_id}:REBOOK_NEEDED:{f.order[1]}",
                 slot_date=slot,
                 detail=f"failed to attend on {slot}; rebook inside the window",
             )
         )
     return out
+
+
+def _names_no_jobcentre(value: str | None, registry: Mapping[str, str]) -> bool:
+    """Unset, or a registered office that is not a Jobcentre, or an unknown office
+    once the registry has Jobcentres at all (before it arrives nobody can tell)."""
+    if value is None:
+        return True
+    if value in registry:
+        return registry[value] != "JOBCENTRE"
+    return any(kind == "JOBCENTRE" for kind in registry.values())
+
+
+def _marker_unallocated(
+    h: ClaimHistory,
+    all_pairs: Sequence[WindowPair],
+    jc_now: str | None,
+    jobcentres: frozenset[str],
+    cc: str,
+    alert: Callable[..., Alert],
+) -> list[Alert]:
+    value = jc_now or "unset"
+    # One alert per unallocated episode, identified in event time (so arrival order
+    # cannot make two): from registration, or from the marker-set that took the
+    # claim away from a Jobcentre.
+    episode, was_allocated = "registration", False
+    for m in h.markers:
+        if m.marker != "JOBCENTRE":
+            continue
+        now_allocated = m.value in jobcentres
+        if was_allocated and not now_allocated:
+            episode = m.order[1]
+        was_allocated = now_allocated
+    for p in all_pairs:
+        if p.intervention != LMI and not p.all_final:
+            return [
+                alert(
+                    p,
+                    "MARKER_UNALLOCATED",
+                    cc,
+                    f"{h.claim_id}:MARKER_UNALLOCATED:{episode}",
+                    detail=f"eligible claim's JOBCENTRE marker is {value!r}, which names "
+                    "no registered Jobcentre; windows are running",
+                )
+            ]
+    return []
+
+
+def _window_of(all_pairs: Sequence[WindowPair], intervention: str, day: date) -> WindowPair | None:
+    """The window of an LP chain (or the single window) a fact dated `day` belongs
+    to: the first whose predecessor was decided before `day` and which was not
+    itself decided before it (spec §3: facts on or before an outcome belong to it)."""
+    chain = sorted(
+        (p for p in all_pairs if p.intervention == intervention), key=lambda p: p.policy.seq
+    )
+    previous: date | None = None
+    for p in chain:
+        decided = p.policy.outcome_date
+        if (previous is None or day > previous) and (decided is None or day <= decided):
+            return p
+        previous = decided
+    return None
 
 
 def next_check(
@@ -277,7 +310,7 @@ def next_check(
     for w in windows:
         if w.status.final:
             continue
-        days += [w.closes - timedelta(config.closing_days), w.closes + timedelta(days=1)]
+        days += [w.opens, w.closes - timedelta(config.closing_days), w.closes + timedelta(days=1)]
     for b in h.booked:
         slot = date.fromisoformat(b.ref)
         days.append(previous_working_day(slot))
@@ -288,7 +321,3 @@ def next_check(
 def _latest_marker(h: ClaimHistory) -> str | None:
     jc = [m for m in h.markers if m.marker == "JOBCENTRE"]
     return jc[-1].value if jc else None
-
-
-def _contact_centre(h: ClaimHistory) -> str | None:
-    return h.contact_centre_id

@@ -523,6 +523,9 @@ def attribute(
     """
     elig = h.eligibility()
     confirmed, received = elig if elig else (w.opens, w.opens)
+    if w.intervention == LMI:
+        # LMI cases do not wait for eligibility: the BDC cannot have held them up.
+        confirmed = received = w.opens
     bdc_days = max(0, (confirmed - received).days)
     # Days in the window the marker was wrong, and when it last became right.
     wrong = 0

@@ -9,6 +9,7 @@ consumers can never interleave one claim's recomputation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -83,11 +84,19 @@ def _business_time(session: Session, fallback: datetime) -> datetime:
     return _time_of(clock.time_key) if clock else fallback
 
 
-def jobcentre_ids(session: Session) -> frozenset[str]:
-    rows = session.exec(
-        select(SchOffice.office_id).where(SchOffice.kind == OfficeKind.JOBCENTRE.value)
-    ).all()
-    return frozenset(rows)
+def office_kinds(session: Session) -> dict[str, str]:
+    """The registry as the scheduler knows it: office id -> kind."""
+    return dict(session.exec(select(SchOffice.office_id, SchOffice.kind)).all())
+
+
+def jobcentre_ids(registry: dict[str, str]) -> frozenset[str]:
+    return frozenset(o for o, kind in registry.items() if kind == OfficeKind.JOBCENTRE.value)
+
+
+def short_id(prefix: str, text: str, n: int = 40) -> str:
+    """A bounded, deterministic CloudEvent id (ids are limited to 128 characters,
+    and claim, doubt and event ids inside keys can make those longer)."""
+    return f"{prefix}:{hashlib.sha256(text.encode()).hexdigest()[:n]}"
 
 
 def _lock_claim(session: Session, claim_id: str) -> SchClaim:
@@ -157,10 +166,15 @@ class Scheduler:
             touched.add(ev.data.office_id)
         session.flush()
         if touched:
+            # Claims whose marker names a changed office, and every claim with a missed
+            # window (its stage attribution depends on which offices are Jobcentres).
             claims = session.exec(
-                select(SchClaim.claim_id).where(SchClaim.jobcentre_marker.in_(touched))  # type: ignore[union-attr]
+                select(SchClaim.claim_id).where(col(SchClaim.jobcentre_marker).in_(touched))
             ).all()
-            self.recompute_many(session, dict.fromkeys(claims))
+            missed = session.exec(
+                select(SchWindow.claim_id).where(SchWindow.status == Status.MISSED.value).distinct()
+            ).all()
+            self.recompute_many(session, dict.fromkeys([*claims, *missed]))
 
     def apply_ticks(self, session: Session, events: Sequence[Envelope]) -> None:
         latest = max(events, key=lambda e: (utc_key(e.time), e.id))
@@ -188,20 +202,20 @@ class Scheduler:
 
     def recompute_many(self, session: Session, claim_ids: Iterable[str]) -> None:
         as_of = business_date(session)
-        jcs = jobcentre_ids(session)
+        registry = office_kinds(session)
         for claim_id in claim_ids:
-            self.recompute(session, claim_id, as_of, jcs)
+            self.recompute(session, claim_id, as_of, registry)
 
     def recompute(
-        self, session: Session, claim_id: str, as_of: date | None, jcs: frozenset[str]
+        self, session: Session, claim_id: str, as_of: date | None, registry: dict[str, str]
     ) -> None:
         claim = _lock_claim(session, claim_id)
         history, events = load_history(session, claim_id)
         windows = evaluate(history, as_of, self.config.rules)
         latest_event = max((e.time for e in events), default=datetime(1970, 1, 1, tzinfo=UTC))
         now = max(_business_time(session, latest_event), latest_event)
-        self._store_windows(session, history, windows, jcs, now)
-        self._publish_alerts(session, history, windows, as_of, jcs, now)
+        self._store_windows(session, history, windows, jobcentre_ids(registry), now)
+        self._publish_alerts(session, history, windows, as_of, registry, now)
         claim.next_check = next_check(history, windows, as_of, self.config.alerts)
         claim.jobcentre_marker = history.marker_on("JOBCENTRE", as_of or date.max) or None
         claim.evaluated_as_of = as_of
@@ -290,7 +304,7 @@ class Scheduler:
             WindowOutcome,
             source=SOURCE,
             time=now,
-            id=f"wo:{w.window_id}:{w.basis}:{row.revision}",
+            id=f"{short_id('wo', f'{w.window_id}|{w.basis}', 32)}:{row.revision}",
             data=WindowOutcomeData.model_validate(
                 {
                     "claim_id": h.claim_id,
@@ -317,7 +331,7 @@ class Scheduler:
             WindowOutcome,
             source=SOURCE,
             time=now,
-            id=f"wo:{row.window_id}:{row.basis}:{row.revision}",
+            id=f"{short_id('wo', f'{row.window_id}|{row.basis}', 32)}:{row.revision}",
             data=WindowOutcomeData.model_validate(
                 {
                     "claim_id": row.claim_id,
@@ -342,23 +356,27 @@ class Scheduler:
         h: ClaimHistory,
         windows: Sequence[Window],
         as_of: date | None,
-        jcs: frozenset[str],
+        registry: dict[str, str],
         now: datetime,
     ) -> None:
-        due = alerts_for(h, windows, as_of, jcs, self.config.alerts)
+        due = alerts_for(h, windows, as_of, registry, self.config.alerts)
         if not due:
             return
-        keys = [a.key for a in due]
-        sent = set(session.exec(select(SchAlert.key).where(SchAlert.key.in_(keys))).all())  # type: ignore[attr-defined]
-        for a in due:
-            if a.key in sent:
+        # Keys can be long (claim, doubt and event ids inside): stored and used as
+        # ids by their hash.
+        keyed = {short_id("alert", a.key): a for a in due}
+        sent = set(
+            session.exec(select(SchAlert.key).where(col(SchAlert.key).in_(list(keyed)))).all()
+        )
+        for key, a in keyed.items():
+            if key in sent:
                 continue
-            sent.add(a.key)
+            sent.add(key)
             event = make_event(
                 WindowAlert,
                 source=SOURCE,
                 time=now,
-                id=f"alert:{a.key}",
+                id=key,
                 data=WindowAlertData.model_validate(
                     {
                         "claim_id": a.claim_id,
@@ -377,7 +395,7 @@ class Scheduler:
             )
             session.add(
                 SchAlert(
-                    key=a.key,
+                    key=key,
                     kind=a.kind,
                     office_id=a.office_id,
                     claim_id=a.claim_id,
@@ -476,9 +494,14 @@ def jobcentre_queue(
 ) -> list[dict[str, Any]]:
     """A DASO's work queue: one item per window (both bases), by earliest close."""
     as_of = business_date(session)
+    mine = select(SchWindow.window_id).where(
+        SchWindow.jobcentre_id == office_id,
+        SchWindow.exists_now == True,  # noqa: E712
+    )
+    # Both bases of each window, even when one basis is attributed elsewhere.
     rows = session.exec(
         select(SchWindow).where(
-            SchWindow.jobcentre_id == office_id,
+            col(SchWindow.window_id).in_(mine),
             SchWindow.exists_now == True,  # noqa: E712
         )
     ).all()

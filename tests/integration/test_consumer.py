@@ -32,7 +32,7 @@ from idt_runtime.metrics import RuntimeMetrics
 from services.contact_centre.app import ContactCentreSettings, create_app
 from services.contact_centre.models import CcClaim, CcMarker
 from tests.conftest import t, wait_for
-from tests.helpers import xadd
+from tests.helpers import TEST_KEY, xadd
 from tests.samples import sample
 
 
@@ -68,6 +68,7 @@ def cc(redis_url, var_dir):
         redis_url=redis_url,
         var_dir=var_dir,
         environment="test",
+        customer_ref_key=TEST_KEY,
         reclaim_idle_ms=300,
         reclaim_interval_s=0.2,
         max_deliveries=3,
@@ -93,10 +94,21 @@ def jobcentre_marker(client: TestClient, claim_id: str) -> str | None:
         return row.value if row else None
 
 
+def duplicates(client: TestClient, stream: str) -> float:
+    labels = f'result="duplicate",service="contact_centre",stream="{stream}"'
+    prefix = f"idt_events_consumed_total{{{labels}}} "
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
 def test_events_published_before_the_service_first_starts_are_consumed(redis_url, var_dir, r):
     # The group is created at 0, not `$`: a replay that starts first keeps its head.
     xadd(r, claim_registered("EARLY-1"))
-    settings = ContactCentreSettings(redis_url=redis_url, var_dir=var_dir, environment="test")
+    settings = ContactCentreSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", customer_ref_key=TEST_KEY
+    )
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: count(client, CcClaim) == 1)
 
@@ -153,16 +165,10 @@ def test_the_same_event_delivered_twice_changes_nothing(cc, r):
     replay = marker("DUP-1", "JC0102", day="2007-06-05", event_id="marker-evt-1")
     xadd(r, replay)
     xadd(r, first)
-    wait_for(lambda: r.xpending("idt:marker-set", "contact_centre")["pending"] == 0)
-    metrics = cc.get("/metrics").text
-    wait_for(
-        lambda: (
-            'idt_events_consumed_total{result="duplicate",service="contact_centre",'
-            'stream="idt:marker-set"} 2.0' in cc.get("/metrics").text
-        )
-    )
+    # Both redeliveries were seen as duplicates (a slow batch reclaimed and seen
+    # again would only add to the count).
+    wait_for(lambda: duplicates(cc, "idt:marker-set") >= 2)
     assert jobcentre_marker(cc, "DUP-1") == "JC0101"
-    assert "idt_events_consumed_total" in metrics
 
 
 def test_an_entry_read_by_a_consumer_that_died_before_acking_is_reclaimed(cc, r):
@@ -310,3 +316,15 @@ async def test_a_database_outage_never_dead_letters(redis_url, tmp_path):
     assert applier.applied == ["C-1"]
     assert r.xpending("idt:claim-registered", "tst")["pending"] == 0
     await client.aclose()
+
+
+def test_a_dead_letter_never_keeps_an_ni_number(cc, r):
+    doc = sample("claim-registered", id="pii-1")
+    doc["data"]["customer_ref"] = "JT123456C"  # a legacy system leaking the raw number
+    r.xadd("idt:claim-registered", {"__data__": json.dumps(doc)})
+    (letter,) = wait_for(lambda: r.xrange("idt:dead-letters"))
+    fields = letter[1]
+    assert b"raw National Insurance" in fields[b"reason"]
+    assert b"JT123456C" not in b"".join(fields.values())
+    assert b"[NI-NUMBER-REDACTED]" in fields[b"original:__data__"]
+    assert fields[b"original_redacted"] == b"1"

@@ -28,7 +28,7 @@ from idt_runtime.clock import FixedClock
 from idt_runtime.embedded_redis import EmbeddedRedis
 from services.contact_centre.app import ContactCentreSettings, create_app
 from tests.conftest import t, wait_for
-from tests.helpers import register_offices, xadd
+from tests.helpers import TEST_KEY, register_offices, xadd
 
 NINO = "JT123456C"
 CLOCK = datetime(2007, 6, 20, 9, tzinfo=UTC)
@@ -50,7 +50,12 @@ def claim_body(**changes):
 
 def settings_for(redis_url: str, var_dir: Path, **kw) -> ContactCentreSettings:
     return ContactCentreSettings(
-        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50, **kw
+        redis_url=redis_url,
+        var_dir=var_dir,
+        environment="test",
+        customer_ref_key=TEST_KEY,
+        block_ms=50,
+        **kw,
     )
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from idt_contract import decode_entry
 from idt_contract.events import ClockTick, make_event
 from services.scheduler.app import SchedulerSettings, create_app
+from services.scheduler.handlers import short_id
 from tests.claims import Claim, at
 from tests.conftest import wait_for
 from tests.helpers import OFFICES, register_offices, xadd
@@ -171,7 +172,8 @@ def test_window_outcomes_are_published_and_revised_by_a_late_event(sched, r):
     assert {o.data.outcome.value for o in before.values()} == {"MISSED"}
     policy = before[("LATE-1:IB_INITIAL_WFI:1", "policy")]
     assert policy.data.stage.value == "JOBCENTRE" and policy.data.jobcentre_id == "JC0101"
-    assert policy.id == f"wo:LATE-1:IB_INITIAL_WFI:1:policy:{policy.data.revision}"
+    wid = short_id("wo", "LATE-1:IB_INITIAL_WFI:1|policy", 32)
+    assert policy.id == f"{wid}:{policy.data.revision}"
 
     # The interview record, dated inside the window, arrives late.
     n = len(c.events)

@@ -7,13 +7,17 @@ from fastapi.testclient import TestClient
 from idt_runtime.clock import FixedClock
 from services.contact_centre.app import ContactCentreSettings, create_app
 from tests.conftest import wait_for
-from tests.helpers import register_offices
+from tests.helpers import TEST_KEY, register_offices
 
 
 def test_register_claim_roundtrip(redis_url, var_dir, r):
     register_offices(r)
     settings = ContactCentreSettings(
-        redis_url=redis_url, var_dir=var_dir, environment="test", reclaim_interval_s=0.2
+        redis_url=redis_url,
+        var_dir=var_dir,
+        environment="test",
+        customer_ref_key=TEST_KEY,
+        reclaim_interval_s=0.2,
     )
     app = create_app(settings, FixedClock(datetime(2007, 6, 4, 9, tzinfo=UTC)))
     with TestClient(app) as client:

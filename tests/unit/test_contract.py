@@ -92,6 +92,10 @@ REJECTIONS = [
     (raw(_data("claim-registered", customer_ref="AB123456C")), "raw National Insurance number"),
     (raw(_data("claim-registered", nino="AB123456C")), "data.nino: Extra inputs"),
     (raw({**sample("claim-registered"), "subject": "C2"}), "does not match data.claim_id"),
+    (raw(_data("claim-registered", customer_ref="NINO-JT123456C")), "raw National Insurance"),
+    (raw(_data("claim-registered", customer_ref="ref_jt_12_34_56_c")), "raw National Insurance"),
+    (raw(_data("claim-registered", claim_id="JT123456C") | {"subject": "JT123456C"}),
+     "claim_id contains a National Insurance number"),
 ]  # fmt: skip
 
 
@@ -160,3 +164,11 @@ def test_any_json_gives_an_event_or_a_decode_error(doc):
         decode(json.dumps(doc).encode())
     except DecodeError as exc:
         assert str(exc)
+
+
+def test_our_own_pseudonyms_are_never_mistaken_for_ni_numbers():
+    import hashlib
+
+    for i in range(3000):
+        ref = "cr_" + hashlib.sha256(str(i).encode()).hexdigest()[:40]
+        decode(raw(_data("claim-registered", customer_ref=ref)))

@@ -185,3 +185,30 @@ def test_outcomes_do_not_depend_on_arrival_order_or_duplicates(history, rnd, see
             assert a_outcomes[key] == (status, outcome_date.isoformat())
         else:
             assert key not in a_outcomes
+
+
+def test_maximum_length_ids_never_break_the_scheduler():
+    """Claim and doubt ids at the contract's limits, bookings with UUID ids: every
+    id the scheduler derives stays within the CloudEvent id limit."""
+    long_claim = "L" + "x" * 63
+    claim = Claim(long_claim, benefit="JSA", start="2007-01-01").cleared("2007-01-10")
+    claim.booked("2007-01-12", slot="2007-03-01", iv="JSA_13_WEEK")  # outside: alert
+    claim.booked("2007-03-20", slot="2007-04-10", iv="JSA_13_WEEK").fta("2007-04-10", "JSA_13_WEEK")
+    claim.lmi("2007-02-01", doubt="D" * 64)
+    for ev in claim.events:
+        object.__setattr__(ev, "id", f"{ev.id}-{'u' * 36}")  # long event ids, as UUIDs
+    ticks = [
+        make_event(ClockTick, source="/clock", time=at(day, 1), data=None, id=f"tick-{day}")
+        for day in ("2007-02-28", "2007-04-09", "2007-04-11", "2007-06-01")
+    ]
+    engine = fresh_engine()
+    appliers = Scheduler().appliers()
+    for ev in offices() + claim.events + ticks:
+        with Session(engine) as s, s.begin():
+            appliers[f"idt:{ev.type}"](s, [ev])
+    with Session(engine) as s:
+        payloads = [json.loads(p) for (p,) in s.execute(select(TABLES.outbox.c.payload)).all()]
+    kinds = {p["data"].get("kind") for p in payloads if p["type"] == "window-alert"}
+    assert {"BOOKING_OUTSIDE_WINDOW", "PRE_CALL_DUE", "REBOOK_NEEDED"} <= kinds
+    assert any(p["type"] == "window-outcome" for p in payloads)
+    assert max(len(p["id"]) for p in payloads) <= 128
