@@ -141,7 +141,8 @@ def test_scores_in_the_exact_shape_with_revisions_and_unallocated(scoring, r):
 
 
 def test_guardrails_from_the_bus(scoring, r):
-    c = Claim("GR-1", benefit="IB", start="2007-08-01").cleared("2007-08-28", received="2007-08-24")
+    c = Claim("GR-1", benefit="IB", start="2007-08-01")
+    c.cleared("2007-08-28", received="2007-08-24")
     c.conducted("2007-08-29", minutes=20).fta("2007-08-30")
     c2 = Claim("GR-2", benefit="IB", start="2007-08-01", jobcentre="CC01")
     for ev in c.events + c2.events:
