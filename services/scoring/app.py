@@ -130,6 +130,16 @@ class ScoresCollector(Collector):
             "Average actual clearance time this month, working days.",
             labels=["bdc"],
         )
+        aact_claims = GaugeMetricFamily(
+            "idt_guardrail_aact_claims",
+            "Claims cleared this month (the AACT's denominator).",
+            labels=["bdc"],
+        )
+        marker_claims = GaugeMetricFamily(
+            "idt_guardrail_marker_claims",
+            "Claims registered this month (the marker error rate's denominator).",
+            labels=["contact_centre"],
+        )
         stage = GaugeMetricFamily(
             "idt_guardrail_missed_by_stage",
             "Missed windows (measured) this month by the stage that consumed the time.",
@@ -178,13 +188,15 @@ class ScoresCollector(Collector):
                     minutes.add_metric([stat], dist[stat])
             for cc, v in g["marker_errors_by_contact_centre"].items():
                 marker.add_metric([cc], v["rate"])
+                marker_claims.add_metric([cc], v["claims"])
             for bdc, v in g["aact_by_bdc"].items():
                 aact.add_metric([bdc], v["aact"])
+                aact_claims.add_metric([bdc], v["claims"])
             for element, stages in g["missed_by_stage"].items():
                 for st, n in stages.items():
                     stage.add_metric([element, st], n)
         yield from (windows, rate, overall, target, business, waiver, deferral, fta, minutes)
-        yield from (marker, aact, stage)
+        yield from (marker, marker_claims, aact, aact_claims, stage)
 
 
 def create_app(settings: ScoringSettings | None = None, clock: Clock | None = None) -> FastAPI:

@@ -149,8 +149,11 @@ def test_guardrails_from_the_bus(scoring, r):
         xadd(r, ev)
     xadd(r, outcome("GR-1:IB_INITIAL_WFI:1", "WAIVED", "2007-08-20", "JC0101"))
     xadd(r, outcome("GR-9:IB_INITIAL_WFI:1", "MISSED", "2007-08-30", "JC0101", stage="BDC"))
-    streams = ("idt:claim-cleared", "idt:interview-conducted", "idt:marker-set",
-               "idt:window-outcome", "idt:interview-failed-to-attend", "idt:claim-registered")  # fmt: skip
+    streams = [
+        f"idt:{t}"
+        for t in ("claim-cleared", "interview-conducted", "marker-set", "window-outcome",
+                  "interview-failed-to-attend", "claim-registered")
+    ]  # fmt: skip
     wait_for(lambda: settled(scoring, r, *streams))
     g = scoring.get("/v1/guardrails", params={"period": "2007-08"}).json()
     assert g["aact_by_bdc"] == {"BDC01": {"claims": 1, "aact": 1.0}}  # over the bank holiday
@@ -159,4 +162,10 @@ def test_guardrails_from_the_bus(scoring, r):
     assert g["waivers_and_deferrals"]["IB"]["waiver_rate"] == 0.5
     assert g["missed_by_stage"] == {"IB": {"BDC": 1}}
     assert g["marker_errors_by_contact_centre"]["CC01"] == {"claims": 2, "errors": 1, "rate": 0.5}
+    xadd(r, make_event(ClockTick, source="/clock", time=at("2007-08-31", 1), data=None))
+    wait_for(lambda: settled(scoring, r, "idt:clock-tick"))
+    metrics = scoring.get("/metrics").text
+    assert 'idt_guardrail_aact_claims{bdc="BDC01"} 1.0' in metrics
+    assert 'idt_guardrail_aact_working_days{bdc="BDC01"} 1.0' in metrics
+    assert 'idt_guardrail_marker_claims{contact_centre="CC01"} 2.0' in metrics
     assert len(OFFICES) == 4
