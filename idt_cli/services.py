@@ -2,7 +2,6 @@
 
 A new service is one more `Service(...)` line below; `idt up` then starts it by
 default and grows a `--port-<name>` option (env `IDT_PORT_<NAME>`) for it.
-Port 8004 (scoring) is reserved for the next service.
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ SERVICES: tuple[Service, ...] = (
     Service("bdc", "services.bdc.app:create_app", 8002, ("/v1/aact?period={month}",)),
     Service("scheduler", "services.scheduler.app:create_app", 8003,
             ("/v1/jobcentres/JC0101/windows?status=open",)),
+    Service("scoring", "services.scoring.app:create_app", 8004,
+            ("/v1/scores?period={month}&level=district&basis=measured",)),
 )  # fmt: skip
 
 BY_NAME: dict[str, Service] = {s.name: s for s in SERVICES}

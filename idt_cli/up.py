@@ -8,9 +8,14 @@ Order of events:
    going to `<var>/logs/<service>.log`;
 4. wait until every service answers `GET /health` with 200;
 5. publish the office registry;
-6. supervise: a service (or the embedded Redis) that exits stops everything with a
-   non-zero exit code; SIGINT or SIGTERM stops the services (SIGTERM, then SIGKILL
-   after the stop timeout), then Redis, and exits 0.
+6. with `--clock live`, start the clock publisher (`python -m idt_cli.clock`), which
+   sends a `clock-tick` with the wall-clock time every interval; with
+   `--clock events` business time comes only from ticks on the bus (a replayed log,
+   the demo simulator);
+7. supervise: a service, the clock publisher or the embedded Redis that exits stops
+   everything with a non-zero exit code; SIGINT or SIGTERM stops the demo and the
+   clock, the services (SIGTERM, then SIGKILL after the stop timeout), then Redis,
+   and exits 0.
 
 Each service runs in its own session (process group), so a terminal's Ctrl-C
 reaches only `idt`, which then stops the services before Redis. On Linux each
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Literal
 
 import httpx
 import redis
@@ -76,6 +82,9 @@ class UpConfig:
     demo: bool = False
     demo_day_seconds: float = 0.5
     demo_claims_per_day: int = 12
+    #: "live": run the clock publisher; "events": business time only from the bus.
+    clock: Literal["live", "events"] = "live"
+    clock_interval: float = 60.0
 
 
 class Failure(Exception):
@@ -162,21 +171,20 @@ class Stack:
     client: redis.Redis | None = None
     lock: VarDirLock | None = None
     demo: subprocess.Popen[bytes] | None = None
+    clock: subprocess.Popen[bytes] | None = None
+    clock_log: Path | None = None
+    clock_log_start: int = 0
 
     def stop_all(self, timeout: float) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
         if self.demo is not None:
-            if self.demo.poll() is None:
-                self.out.print("Stopping the demo simulator")
-                _signal_group(self.demo, signal.SIGTERM)
-                try:
-                    self.demo.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    _signal_group(self.demo, signal.SIGKILL)
-                    self.demo.wait()
+            self._stop_child(self.demo, "the demo simulator", timeout)
             self.demo = None
+        if self.clock is not None:
+            self._stop_child(self.clock, "the clock publisher", timeout)
+            self.clock = None
         alive = [s for s in self.services if s.proc.poll() is None]
         if alive:
             self.out.print(f"Stopping {', '.join(s.service.name for s in alive)} (SIGTERM)")
@@ -209,6 +217,16 @@ class Stack:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+    def _stop_child(self, proc: subprocess.Popen[bytes], name: str, timeout: float) -> None:
+        if proc.poll() is None:
+            self.out.print(f"Stopping {name}")
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
 
 
 def run_up(cfg: UpConfig, out: Console, err: Console) -> int:
@@ -291,6 +309,14 @@ def _run(cfg: UpConfig, out: Console, stack: Stack) -> int:
         registry_note = f"{s.total} offices ({kinds}) from {_show(cfg.offices)}"
         out.print(f"Published {registry_note} to {STREAM}")
 
+    if cfg.clock == "live":
+        stack.clock, stack.clock_log, stack.clock_log_start = _start_clock(
+            cfg, redis_url, env, logs
+        )
+        out.print(
+            f"Started the clock publisher (pid {stack.clock.pid}): a clock-tick every "
+            f"{cfg.clock_interval:g} s; log {_show(stack.clock_log)}"
+        )
     if cfg.demo:
         stack.demo = _start_demo(cfg, stack, redis_url, env, logs)
         out.print(
@@ -332,11 +358,46 @@ def _start_demo(
         )
 
 
+def _start_clock(
+    cfg: UpConfig, redis_url: str, env: dict[str, str], logs: Path
+) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """The clock publisher, its log and where this run's part of the log starts."""
+    log_path = logs / "clock.log"
+    cmd = [
+        sys.executable, "-m", "idt_cli.clock", "--redis-url", redis_url,
+        "--interval", str(cfg.clock_interval),
+    ]  # fmt: skip
+    with log_path.open("ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent(),
+        )
+    return proc, log_path, start
+
+
 def _supervise(stack: Stack) -> int:
     while True:
         if stack.stop.wait(0.5):
             stack.out.print(f"{stack.stop.signal_name} received: stopping")
             return 0
+        if stack.clock is not None and (code := stack.clock.poll()) is not None:
+            log = stack.clock_log or Path("clock.log")
+            raise Failure(
+                f"the clock publisher {describe_exit(code)}; business time would stand "
+                "still: stopping everything",
+                details=[
+                    (
+                        f"last lines of {_show(log)}:",
+                        _tail(log, stack.clock_log_start, LOG_TAIL_LINES),
+                    )
+                ],
+            )
         if stack.demo is not None and (code := stack.demo.poll()) is not None:
             if code == 0:
                 stack.out.print("The demo simulator finished its year; the services keep running")
@@ -625,7 +686,18 @@ def _where_table(
         table.add_row("Database", redact_url(cfg.database_url))
     table.add_row("Var dir", _show(var_dir))
     table.add_row("Office registry", registry_note)
+    if cfg.clock == "live":
+        table.add_row("Business time", f"live: a clock-tick every {cfg.clock_interval:g} s")
+    else:
+        source = "the demo's" if cfg.demo else "the"
+        table.add_row("Business time", f"{source} clock-ticks on the bus (--clock events)")
+    if stack.clock_log is not None:
+        table.add_row("  clock log", _show(stack.clock_log))
     registry_file = _show(cfg.offices) if cfg.offices is not None else "FILE.csv"
     table.add_row("Load offices", f"idt offices load {registry_file} --redis-url {shown_url}")
+    table.add_row("Replay a log", f"idt replay FILE.jsonl --redis-url {shown_url}")
+    scoring = next((s for s in stack.services if s.service.name == "scoring"), None)
+    if scoring is not None:
+        table.add_row("Scores", f"idt scores --period {month} --level region --url {scoring.url}")
     table.add_row("Stop", "Ctrl-C: stops the services, then Redis")
     return table

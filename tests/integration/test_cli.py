@@ -1,9 +1,12 @@
 """The `idt` command against real servers: `idt offices load` through typer's
-CliRunner, and `idt up` as the real console script in a subprocess."""
+CliRunner, `idt up` as the real console script in a subprocess, and the clock
+publisher it runs. (`idt simulate` and `idt replay`: tests/unit/test_simulate.py
+and tests/integration/test_replay.py.)"""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import re
 import signal
@@ -14,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -23,13 +26,14 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from idt_cli.clock import tick_event, tick_id, tick_time
 from idt_cli.main import app
 from idt_cli.offices import DEFAULT_OFFICES
 from idt_cli.registry import HEADER, STREAM
 from idt_cli.services import SERVICES
 from idt_cli.varlock import VarDirLock
 from idt_contract import decode_entry
-from idt_contract.events import OfficeKind, OfficeRegistered
+from idt_contract.events import ClockTick, OfficeKind, OfficeRegistered
 from idt_runtime.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import wait_for
 
@@ -197,16 +201,26 @@ class Up:
     proc: subprocess.Popen[bytes]
     out: Path
     err: Path
-    cc_port: int
-    bdc_port: int
+    ports: dict[str, int]
+
+    @property
+    def cc_port(self) -> int:
+        return self.ports["contact_centre"]
+
+    @property
+    def bdc_port(self) -> int:
+        return self.ports["bdc"]
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
 
     @property
     def cc(self) -> str:
-        return f"http://127.0.0.1:{self.cc_port}"
+        return self.url("contact_centre")
 
     @property
     def bdc(self) -> str:
-        return f"http://127.0.0.1:{self.bdc_port}"
+        return self.url("bdc")
 
     def output(self) -> str:
         return self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
@@ -247,7 +261,7 @@ def idt_up(tmp_path: Path, *args: str) -> Iterator[Up]:
             env=clean_env(),
             cwd=tmp_path,
         )
-    up = Up(proc, out, err, ports["contact_centre"], ports["bdc"])
+    up = Up(proc, out, err, ports)
     try:
         yield up
     finally:
@@ -284,11 +298,16 @@ def alive(p: psutil.Process) -> bool:
 def our_services(up: Up) -> list[psutil.Process]:
     """Any uvicorn, anywhere, listening on one of this test's ports."""
     found = []
+    ports = {str(p) for p in up.ports.values()}
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "uvicorn" in cmd and {str(up.cc_port), str(up.bdc_port)} & set(cmd) and alive(p):
+        if "uvicorn" in cmd and ports & set(cmd) and alive(p):
             found.append(p)
     return found
+
+
+def is_clock(p: psutil.Process) -> bool:
+    return "idt_cli.clock" in " ".join(p.cmdline())
 
 
 def assert_all_stopped(children: list[psutil.Process], up: Up) -> None:
@@ -304,6 +323,16 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
         wait_for(lambda: claim_accepted(up), timeout=30, interval=0.2)
         assert r.xlen(STREAM) == len(read_default_registry())
         assert r.xlen("idt:claim-registered") == 1
+        for svc in SERVICES:  # every service of the table, scoring included
+            wait_for(lambda svc=svc: healthy(up, up.url(svc.name)), timeout=30, interval=0.2)
+
+        # --clock live is the default: a tick with the wall-clock time at once.
+        wait_for(lambda: r.xlen("idt:clock-tick") >= 1, timeout=15, interval=0.2)
+        _, fields = r.xrange("idt:clock-tick", count=1)[0]
+        tick = decode_entry("idt:clock-tick", fields)
+        assert isinstance(tick, ClockTick)
+        assert tick.id == tick_id(tick.time)
+        assert abs(datetime.now(UTC) - tick.time) < timedelta(minutes=2)
 
         output = up.output()
         for where in (
@@ -312,8 +341,11 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
             up.bdc + "/health",
             up.cc + "/v1/reports/jp-process",
             up.bdc + "/v1/aact?period=",
+            up.url("scoring") + "/v1/scores?period=",
         ):
             assert where in output, output
+        assert "Started the clock publisher" in output
+        assert "live: a clock-tick every 60 s" in output
         assert "var/logs/<service>.log" in output
         assert (var / "logs" / "contact_centre.log").stat().st_size > 0
         assert (var / "logs" / "bdc.log").stat().st_size > 0
@@ -322,12 +354,14 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
 
         children = up.descendants()
         uvicorns = [c for c in children if "uvicorn" in c.cmdline()]
-        assert len(uvicorns) == len(SERVICES), [c.cmdline() for c in children]
+        assert len(uvicorns) == len(SERVICES) == 4, [c.cmdline() for c in children]
+        assert len([c for c in children if is_clock(c)]) == 1
         started = time.monotonic()
         assert up.stop() == 0, up.output()
         assert time.monotonic() - started < 20
         assert_all_stopped(children, up)
         assert "SIGINT received: stopping" in up.output()
+        assert "Stopping the clock publisher" in up.output()
 
 
 def test_up_without_a_redis_url_starts_and_stops_the_embedded_redis(tmp_path):
@@ -373,7 +407,8 @@ def test_up_stops_on_sigterm_too(tmp_path, redis_url):
         wait_for(lambda: healthy(up, up.cc), timeout=60, interval=0.2)
         wait_for(lambda: "IDT is running" in up.output(), timeout=10)
         children = up.descendants()
-        assert len(children) == 1
+        assert len(children) == 2  # the service and the clock publisher
+        assert len([c for c in children if is_clock(c)]) == 1
         assert up.stop(signal.SIGTERM) == 0, up.output()
         assert_all_stopped(children, up)
         assert "SIGTERM received: stopping" in up.output()
@@ -393,8 +428,8 @@ def test_services_do_not_outlive_a_killed_up(tmp_path, redis_url):
         "--no-offices",
     ) as up:
         wait_for(lambda: healthy(up, up.cc), timeout=60, interval=0.2)
+        wait_for(lambda: len(up.descendants()) == 2, timeout=10)  # and the clock
         children = up.descendants()
-        assert len(children) == 1
         up.proc.kill()  # no chance to clean up
         up.proc.wait(10)
         wait_for(lambda: not any(alive(c) for c in children), timeout=15, interval=0.2)
@@ -577,6 +612,140 @@ def test_up_with_the_demo_opens_windows_and_stops_the_simulator_on_sigint(tmp_pa
         assert not re.search(r": [45]\d\d \{", demo_log), demo_log
         children = up.descendants()
         assert any("idt_cli.demo" in " ".join(c.cmdline()) for c in children)
+        # The demo publishes its own ticks: --demo implies --clock events.
+        assert not any(is_clock(c) for c in children)
+        assert "the demo's clock-ticks on the bus (--clock events)" in up.output()
         assert up.stop() == 0, up.output()
         assert "Stopping the demo simulator" in up.output()
         assert_all_stopped(children, up)
+
+
+def test_the_demo_refuses_a_live_clock(tmp_path):
+    var = tmp_path / "var"
+    result = invoke("up", "--var-dir", str(var), "--demo", "--clock", "live")
+    assert result.exit_code == 2
+    assert "cannot run with --clock live" in result.output
+    assert not var.exists()
+    bad = invoke("up", "--var-dir", str(var), "--clock", "wall")
+    assert bad.exit_code == 2
+    assert "--clock" in bad.output
+    assert not var.exists()
+
+
+def test_up_stops_everything_when_the_clock_publisher_dies(tmp_path, redis_url, r):
+    args = ("--redis-url", redis_url, "--var-dir", str(tmp_path / "var"), "--no-offices")
+    with idt_up(tmp_path, *args, "--services", "contact_centre", "--clock-interval", "0.5") as up:
+        wait_for(lambda: "IDT is running" in up.output(), timeout=60, interval=0.2)
+        wait_for(lambda: r.xlen("idt:clock-tick") >= 2, timeout=10, interval=0.1)
+        children = up.descendants()
+        clock = next(c for c in children if is_clock(c))
+        clock.kill()
+        assert up.proc.wait(20) == 1
+        output = up.output()
+        assert "the clock publisher was killed by SIGKILL" in output
+        assert "last lines of var/logs/clock.log:" in output
+        assert "clock: published tick-" in output
+        assert_all_stopped(children, up)
+
+
+# ---------------------------------------------------------------- the clock publisher
+
+
+def test_tick_times_are_interval_boundaries_with_ids_of_their_time():
+    now = datetime(2007, 6, 4, 10, 15, 42, 700_000, tzinfo=UTC)
+    assert tick_time(now, 60) == datetime(2007, 6, 4, 10, 15, tzinfo=UTC)
+    assert tick_time(now, 0.5) == datetime(2007, 6, 4, 10, 15, 42, 500_000, tzinfo=UTC)
+    assert tick_time(now, 3600) == datetime(2007, 6, 4, 10, tzinfo=UTC)
+    # Any offset, the same instant, the same tick (and id).
+    bst = now.astimezone(datetime.fromisoformat("2007-06-04T11:15:42+01:00").tzinfo)
+    assert tick_time(bst, 60) == tick_time(now, 60)
+    assert tick_id(tick_time(now, 60)) == "tick-2007-06-04T10:15:00Z"
+    event = tick_event(tick_time(now, 60))
+    assert (event.id, event.type, event.source) == (
+        "tick-2007-06-04T10:15:00Z",
+        "clock-tick",
+        "/clock",
+    )
+    with pytest.raises(ValueError, match="aware"):
+        tick_time(datetime(2007, 6, 4), 60)
+    with pytest.raises(ValueError, match="positive"):
+        tick_time(now, 0)
+
+
+def run_clock(redis_url: str, interval: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "idt_cli.clock",
+                "--redis-url",
+                redis_url,
+                "--interval",
+                interval,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+        )
+
+
+def ticks(r: redis.Redis) -> list[ClockTick]:
+    out = []
+    for _, fields in r.xrange("idt:clock-tick"):
+        event = decode_entry("idt:clock-tick", fields)
+        assert isinstance(event, ClockTick)
+        out.append(event)
+    return out
+
+
+def test_the_clock_publishes_at_once_then_every_interval_and_stops_on_sigterm(
+    tmp_path, redis_url, r
+):
+    log = tmp_path / "clock.log"
+    started = time.monotonic()
+    proc = run_clock(redis_url, "0.5", log)
+    try:
+        wait_for(lambda: r.xlen("idt:clock-tick") >= 1, timeout=5, interval=0.02)
+        first_after = time.monotonic() - started
+        wait_for(lambda: r.xlen("idt:clock-tick") >= 4, timeout=10, interval=0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert first_after < 3.0  # the interpreter's start-up, then the first tick at once
+    published = ticks(r)
+    times = [t.time for t in published]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    for t in published:
+        assert t.id == tick_id(t.time)
+        assert t.time.tzinfo is not None and t.time.utcoffset() == timedelta(0)
+        assert t.time.microsecond in (0, 500_000)
+        assert abs(datetime.now(UTC) - t.time) < timedelta(minutes=1)
+    # Ticks fall on the boundaries, at most one each (a loaded machine may skip one).
+    half = timedelta(seconds=0.5)
+    assert all((b - a) % half == timedelta(0) for a, b in itertools.pairwise(times))
+    assert "clock: stopped after" in log.read_text()
+
+
+def test_a_restarted_clock_repeats_no_tick_under_a_new_id(tmp_path, redis_url, r):
+    log = tmp_path / "clock.log"
+    for _ in range(2):
+        proc = run_clock(redis_url, "3600", log)
+        try:
+            before = r.xlen("idt:clock-tick")
+            wait_for(lambda before=before: r.xlen("idt:clock-tick") > before, timeout=5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    first, second = ticks(r)
+    # Both runs fell in the same hour: the same boundary, the same id, so consumers
+    # drop the repeat (unless the hour turned between the runs: then a later tick).
+    assert second.id == first.id or second.time > first.time
+    assert {t.id for t in (first, second)} <= {tick_id(first.time), tick_id(second.time)}
