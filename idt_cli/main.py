@@ -630,9 +630,13 @@ SCORING_URL = f"http://127.0.0.1:{BY_NAME['scoring'].default_port}"
 @app.command("scores")
 def scores_command(
     period: Annotated[
-        str,
-        typer.Option("--period", metavar="PERIOD", help="A month YYYY-MM or FYyyyy-yy."),
-    ],
+        str | None,
+        typer.Option(
+            "--period",
+            metavar="PERIOD",
+            help="A month YYYY-MM or FYyyyy-yy (default: the current business month).",
+        ),
+    ] = None,
     level: Annotated[Level, typer.Option("--level", case_sensitive=False)] = Level.national,
     basis: Annotated[Basis, typer.Option("--basis", case_sensitive=False)] = Basis.measured,
     url: Annotated[
@@ -656,7 +660,8 @@ def scores_command(
         raise typer.Exit(1)
     if not payload["rows"]:
         out.print(
-            f"No window outcomes in {escape(period)} at {level.value} level on the "
+            f"No window outcomes in {escape(str(payload.get('period')))} "
+            f"at {level.value} level on the "
             f"{basis.value} basis (business date {payload.get('as_of') or 'none yet'})."
         )
         return

@@ -20,10 +20,15 @@ class ScoresError(Exception):
         self.bad_input = bad_input
 
 
-def fetch_scores(url: str, period: str, level: str, basis: str, timeout: float = 10.0) -> Any:
-    """The JSON of `GET <url>/v1/scores`; ScoresError with a readable reason."""
+def fetch_scores(
+    url: str, period: str | None, level: str, basis: str, timeout: float = 10.0
+) -> Any:
+    """The JSON of `GET <url>/v1/scores`; ScoresError with a readable reason. No
+    period: the service's current business month."""
     endpoint = url.rstrip("/") + "/v1/scores"
-    params = {"period": period, "level": level, "basis": basis}
+    params = {"level": level, "basis": basis}
+    if period is not None:
+        params["period"] = period
     try:
         resp = httpx.get(endpoint, params=params, timeout=timeout)
     except httpx.InvalidURL as exc:

@@ -47,7 +47,7 @@ SERVICES: tuple[Service, ...] = (
     Service("scheduler", "services.scheduler.app:create_app", 8003,
             ("/v1/jobcentres/JC0101/windows?status=open",)),
     Service("scoring", "services.scoring.app:create_app", 8004,
-            ("/v1/scores?period={month}&level=district&basis=measured",)),
+            ("/v1/scores?level=district&basis=measured",)),
 )  # fmt: skip
 
 BY_NAME: dict[str, Service] = {s.name: s for s in SERVICES}

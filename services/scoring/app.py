@@ -210,7 +210,18 @@ def create_app(settings: ScoringSettings | None = None, clock: Clock | None = No
         assert runtime.engine is not None
         return Session(runtime.engine)
 
-    def period_of(text: str) -> domain.Period:
+    def period_of(text: str | None) -> domain.Period:
+        if text is None:
+            # The current business month: what a newcomer and a dashboard want.
+            with session() as s:
+                as_of = handlers.business_date(s)
+            if as_of is None:
+                raise HTTPException(
+                    422,
+                    [{"loc": ["query", "period"], "type": "missing",
+                      "msg": "no business date yet (no clock-tick seen): give a period"}],
+                )  # fmt: skip
+            text = domain.month_of(as_of)
         try:
             return domain.parse_period(text)
         except ValueError as exc:
@@ -220,13 +231,19 @@ def create_app(settings: ScoringSettings | None = None, clock: Clock | None = No
 
     @router.get("/scores", tags=["scores"])
     async def scores(
-        period: Annotated[str, Query(description="YYYY-MM or FYyyyy-yy", examples=["2007-08"])],
+        period: Annotated[
+            str | None,
+            Query(
+                description="YYYY-MM or FYyyyy-yy; default: the current business month",
+                examples=["2007-08"],
+            ),
+        ] = None,
         level: Literal["jobcentre", "district", "region", "national"] = "national",
         basis: Literal["measured", "policy"] = "measured",
     ) -> dict[str, Any]:
         """Element counts, rates with 95% Wilson intervals and targets, and the overall
         score, for a period at a level on a basis."""
-        q = handlers.ScoresQuery(period_of(period), level, basis)
+        q = handlers.ScoresQuery(await asyncio.to_thread(period_of, period), level, basis)
 
         def read() -> dict[str, Any]:
             with session() as s:
@@ -236,11 +253,14 @@ def create_app(settings: ScoringSettings | None = None, clock: Clock | None = No
 
     @router.get("/guardrails", tags=["scores"])
     async def guardrails(
-        period: Annotated[str, Query(description="YYYY-MM or FYyyyy-yy")],
+        period: Annotated[
+            str | None,
+            Query(description="YYYY-MM or FYyyyy-yy; default: the current business month"),
+        ] = None,
     ) -> dict[str, Any]:
         """Waiver and deferral rates, failures to attend, interview minutes, marker
         errors per Contact Centre, AACT per BDC and missed windows by stage."""
-        p = period_of(period)
+        p = await asyncio.to_thread(period_of, period)
 
         def read() -> dict[str, Any]:
             with session() as s:

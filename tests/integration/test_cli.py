@@ -341,7 +341,7 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
             up.bdc + "/health",
             up.cc + "/v1/reports/jp-process",
             up.bdc + "/v1/aact?period=",
-            up.url("scoring") + "/v1/scores?period=",
+            up.url("scoring") + "/v1/scores?level=district",
         ):
             assert where in output, output
         assert "Started the clock publisher" in output

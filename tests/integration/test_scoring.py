@@ -126,6 +126,11 @@ def test_scores_in_the_exact_shape_with_revisions_and_unallocated(scoring, r):
     national = scores(scoring, period="FY2007-08", level="national", basis="measured")
     assert national["rows"][0]["elements"]["IB"]["due"] == 6  # + UNALLOCATED + September
 
+    # No period: the current business month (3 September: nothing counted yet).
+    current = scores(scoring, level="jobcentre")
+    assert (current["period"], current["as_of"]) == ("2007-09", "2007-09-03")
+    assert [row["scope"] for row in current["rows"]] == ["JC0101"]
+
     for bad in ({"period": "2007-13"}, {"period": "2007-08", "level": "street"}):
         resp = scoring.get("/v1/scores", params=bad)
         assert resp.status_code == 422, resp.text
@@ -138,6 +143,11 @@ def test_scores_in_the_exact_shape_with_revisions_and_unallocated(scoring, r):
     assert 'idt_score_target{element="IB"} 0.8' in metrics
     for claim in "ABCDEFGH":
         assert f"{claim}:IB_INITIAL_WFI" not in metrics  # bounded: no window labels
+
+
+def test_no_default_period_before_the_first_tick(scoring):
+    resp = scoring.get("/v1/scores")
+    assert resp.status_code == 422 and "no business date yet" in resp.text
 
 
 def test_guardrails_from_the_bus(scoring, r):
