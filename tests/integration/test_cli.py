@@ -596,6 +596,14 @@ def test_a_redis_left_over_by_a_killed_up_is_not_doubled(tmp_path):
     assert (var / "idt-up.lock").read_text() == ""
 
 
+def scored(up: Up) -> bool:
+    resp = httpx.get(up.url("scoring") + "/v1/scores", params={"level": "national"}, timeout=5)
+    if resp.status_code != 200:
+        return False  # 422 until the first tick has reached scoring
+    rows = resp.json()["rows"]
+    return bool(rows) and any(e["due"] > 0 for e in rows[0]["elements"].values())
+
+
 def test_up_with_the_demo_opens_windows_and_stops_the_simulator_on_sigint(tmp_path, redis_url, r):
     var = tmp_path / "var"
     args = ("--redis-url", redis_url, "--var-dir", str(var), "--demo", "--demo-day-seconds", "0.05")
@@ -606,6 +614,8 @@ def test_up_with_the_demo_opens_windows_and_stops_the_simulator_on_sigint(tmp_pa
         wait_for(lambda: r.xlen("idt:window-outcome") > 0, timeout=90, interval=0.5)
         alerts = [k for k in r.scan_iter("idt:window-alerts:*")]
         assert alerts, "no office received an alert"
+        # ... and the scores move: the current business month has scored windows.
+        wait_for(lambda: scored(up), timeout=90, interval=0.5)
         demo_log = (var / "logs" / "demo.log").read_text()
         assert "business day" in demo_log
         # Every request the simulator made was accepted by the intakes.
