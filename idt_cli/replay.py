@@ -213,19 +213,55 @@ def drain_state(client: redis.Redis, last_added: dict[str, bytes]) -> DrainState
     return DrainState(groups, unread)
 
 
+#: Streams the services publish while they consume (through their outboxes).
+DERIVED = ("idt:window-outcome",)
+DERIVED_PATTERNS = ("idt:window-alerts:*",)
+
+
+def derived_tails(client: redis.Redis) -> dict[str, bytes]:
+    """The last entry id of every stream the services derive from what they consume."""
+    names = [n for n in DERIVED if client.exists(n)]
+    for pattern in DERIVED_PATTERNS:
+        names += sorted(_text(k) for k in client.scan_iter(match=pattern, count=1000))
+    tails: dict[str, bytes] = {}
+    for name in names:
+        info = client.xinfo_stream(name)
+        last = info["last-generated-id"]
+        tails[name] = last if isinstance(last, bytes) else str(last).encode()
+    return tails
+
+
 def wait_drained(
     client: redis.Redis,
     last_added: dict[str, bytes],
     timeout: float,
     on_poll: Callable[[DrainState], None] | None = None,
     interval: float = 0.2,
+    settle: float = 1.0,
 ) -> DrainState:
-    """Poll until every group on every stream has drained, or `timeout` seconds."""
+    """Poll until every group on every stream published to has drained, and then
+    until what the services derive from them has settled too: the window outcomes
+    and alerts stop growing for `settle` seconds and every group reading them (the
+    scoring service's) has drained. Scores read before that would be incomplete.
+    Gives up after `timeout` seconds."""
     deadline = time.monotonic() + timeout
+    previous: dict[str, bytes] | None = None
+    quiet_since: float | None = None
     while True:
         state = drain_state(client, last_added)
+        if state.drained:
+            tails = derived_tails(client)
+            derived = drain_state(client, tails)
+            state = DrainState(state.groups + derived.groups, state.unread)
+            now = time.monotonic()
+            if not derived.drained or tails != previous:
+                previous, quiet_since = tails, now
+            elif quiet_since is not None and now - quiet_since >= settle:
+                if on_poll is not None:
+                    on_poll(state)
+                return state
         if on_poll is not None:
             on_poll(state)
-        if state.drained or time.monotonic() >= deadline:
+        if time.monotonic() >= deadline:
             return state
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))

@@ -209,7 +209,15 @@ def test_replaying_a_simulated_year_gives_the_counts_computed_straight_from_the_
             assert f"{group} (" in replayed.output
         drained = time.monotonic() - began
 
+        # `idt replay` waits for what the services derive too: the moment it
+        # returns, every window outcome is published and scored (what a user who
+        # runs `idt scores` next relies on). Then check it stays settled.
+        stream = "idt:window-outcome"
+        last = r.xinfo_stream(stream)["last-generated-id"]
+        scoring = {g["name"]: g for g in r.xinfo_groups(stream)}[b"scoring"]
+        assert (scoring["pending"], scoring["last-delivered-id"]) == (0, last)
         wait_for(OutcomesSettled(r), timeout=120, interval=0.25)
+        assert r.xinfo_stream(stream)["last-generated-id"] == last
         settled = time.monotonic() - began
         assert not r.exists("idt:dead-letters"), [
             fields.get(b"reason") for _, fields in r.xrange("idt:dead-letters", count=5)
