@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 from idt_cli.main import app
 from idt_cli.replay import parse_id
 from idt_contract import decode, decode_entry
-from idt_contract.events import ClockTick, OfficeKind, OfficeRegistered, OfficeRegisteredData
-from idt_domain.calendar import add_months, london_date
+from idt_contract.events import OfficeKind, OfficeRegistered, OfficeRegisteredData
+from idt_domain.calendar import add_months
 from idt_runtime.embedded_redis import free_port
-from services.scheduler.domain import ClaimHistory, evaluate
+from tests import oracle
 from tests.conftest import wait_for
 from tests.integration.test_cli import healthy, idt_up
 
@@ -60,39 +60,36 @@ Expected = dict[tuple[str, str, str, str, str], list[int]]
 
 
 def expected_counts(log: Path) -> tuple[Expected, date]:
-    """Straight from the log, no Redis, no database: each claim's events through the
-    pure IDT rules at the last tick's date, each final window attributed to the
-    Jobcentre its outcome names (UNALLOCATED unless the log registers it as a
+    """Straight from the log, no Redis, no database: each claim's events through an
+    independent oracle of the IDT rules (tests/oracle.py) at the last tick's date,
+    each final window attributed to the Jobcentre its outcome names (UNALLOCATED unless the log registers it as a
     JOBCENTRE) and summed up the registry's levels (UNALLOCATED nationally only)."""
     events = [decode(line) for line in log.read_bytes().splitlines()]
     offices: dict[str, OfficeRegisteredData] = {
         e.data.office_id: e.data for e in events if isinstance(e, OfficeRegistered)
     }
-    as_of = london_date(max(e.time for e in events if isinstance(e, ClockTick)))
-    by_claim: dict[str, list] = defaultdict(list)
-    for e in events:
-        claim_id = getattr(getattr(e, "data", None), "claim_id", None)
-        if claim_id is not None:
-            by_claim[claim_id].append(e)
+    # The oracle, not the scheduler's own rules: written separately from the spec.
+    outcomes, as_of = oracle.window_outcomes(
+        [json.loads(line) for line in log.read_bytes().splitlines()]
+    )
     out: Expected = defaultdict(lambda: [0, 0, 0, 0])
-    for claim_id, claim_events in by_claim.items():
-        for w in evaluate(ClaimHistory.from_events(claim_id, claim_events), as_of):
-            if w.status.value not in COUNTED:
-                continue  # open, upcoming, cancelled: counted nowhere
-            assert w.outcome_date is not None
-            office = offices.get(w.jobcentre_id or "")
-            jc = office if office is not None and office.kind is OfficeKind.JOBCENTRE else None
-            scopes = {"jobcentre": jc.office_id if jc else UNALLOCATED, "national": "national"}
-            if jc is not None:
-                scopes["district"] = jc.district
-                scopes["region"] = jc.region
-            month = f"{w.outcome_date:%Y-%m}"
-            fy_start = w.outcome_date.year if w.outcome_date.month >= 4 else w.outcome_date.year - 1
-            fy = f"FY{fy_start}-{(fy_start + 1) % 100:02d}"
-            for period in (month, fy):
-                for level, scope in scopes.items():
-                    key = (w.basis, period, level, scope, w.element)
-                    out[key][COUNTED.index(w.status.value)] += 1
+    for (_window_id, basis), (element, status, outcome_date, jobcentre_id) in outcomes.items():
+        if status not in COUNTED:
+            continue  # open, upcoming, cancelled: counted nowhere
+        assert outcome_date is not None
+        office = offices.get(jobcentre_id or "")
+        jc = office if office is not None and office.kind is OfficeKind.JOBCENTRE else None
+        scopes = {"jobcentre": jc.office_id if jc else UNALLOCATED, "national": "national"}
+        if jc is not None:
+            scopes["district"] = jc.district
+            scopes["region"] = jc.region
+        month = f"{outcome_date:%Y-%m}"
+        fy_start = outcome_date.year if outcome_date.month >= 4 else outcome_date.year - 1
+        fy = f"FY{fy_start}-{(fy_start + 1) % 100:02d}"
+        for period in (month, fy):
+            for level, scope in scopes.items():
+                key = (basis, period, level, scope, element)
+                out[key][COUNTED.index(status)] += 1
     return dict(out), as_of
 
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine, select
 
+from idt_contract import encode
 from idt_contract.events import (
     ClockTick,
     OfficeKind,
@@ -27,6 +28,7 @@ from services.scheduler.app import SPEC
 from services.scheduler.domain import ClaimHistory, evaluate
 from services.scheduler.handlers import CLAIM_EVENT_TYPES, Scheduler
 from services.scheduler.models import TABLES, SchWindow
+from tests import oracle
 from tests.claims import Claim, at
 
 JOBCENTRES = ("JC0101", "JC0102")
@@ -212,3 +214,22 @@ def test_maximum_length_ids_never_break_the_scheduler():
     assert {"BOOKING_OUTSIDE_WINDOW", "PRE_CALL_DUE", "REBOOK_NEEDED"} <= kinds
     assert any(p["type"] == "window-outcome" for p in payloads)
     assert max(len(p["id"]) for p in payloads) <= 128
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(claim_histories())
+def test_the_rules_agree_with_an_independent_oracle(history):
+    """services/scheduler/domain.py against tests/oracle.py, written separately from
+    the spec: every final outcome, its date and its Jobcentre."""
+    claim, ticks = history
+    docs = [json.loads(encode(e)) for e in claim.events + ticks]
+    expected, as_of = oracle.window_outcomes(docs)
+    ours = {
+        (w.window_id, w.basis): (w.element, w.status.value, w.outcome_date, w.jobcentre_id)
+        for w in evaluate(ClaimHistory.from_events(claim.claim_id, claim.events), as_of)
+    }
+
+    def final(outcomes):
+        return {k: v for k, v in outcomes.items() if v[1] in oracle.FINAL}
+
+    assert final(ours) == final(expected)
