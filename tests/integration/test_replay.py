@@ -62,8 +62,9 @@ Expected = dict[tuple[str, str, str, str, str], list[int]]
 def expected_counts(log: Path) -> tuple[Expected, date]:
     """Straight from the log, no Redis, no database: each claim's events through an
     independent oracle of the IDT rules (tests/oracle.py) at the last tick's date,
-    each final window attributed to the Jobcentre its outcome names (UNALLOCATED unless the log registers it as a
-    JOBCENTRE) and summed up the registry's levels (UNALLOCATED nationally only)."""
+    each final window attributed to the Jobcentre its outcome names (UNALLOCATED
+    unless the log registers it as a JOBCENTRE) and summed up the registry's levels
+    (UNALLOCATED nationally only)."""
     events = [decode(line) for line in log.read_bytes().splitlines()]
     offices: dict[str, OfficeRegisteredData] = {
         e.data.office_id: e.data for e in events if isinstance(e, OfficeRegistered)
