@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import date
 from typing import Any, TypeVar
 
 from sqlmodel import Session, SQLModel
 
 from idt_contract import Envelope
-from idt_domain.calendar import utc_key
+from idt_domain.calendar import london_date, utc_key
 from idt_domain.ordering import supersedes
 
 Row = TypeVar("Row", bound=SQLModel)
@@ -36,3 +38,23 @@ def upsert_latest(
     session.add(row)
     session.flush()
     return row
+
+
+def advance_clock(
+    session: Session, model: type[Row], ticks: Sequence[Envelope]
+) -> tuple[date | None, date] | None:
+    """Move a service's business time (a one-row table with `time_key` and `as_of`)
+    to the latest of `ticks`; it never goes back. Returns the business dates
+    (before, after), or None when the ticks were not later than the clock."""
+    latest = max(ticks, key=lambda e: (utc_key(e.time), e.id))
+    key = utc_key(latest.time)
+    clock = session.get(model, 1)
+    if clock is not None and key <= clock.time_key:  # type: ignore[attr-defined]
+        return None
+    before: date | None = clock.as_of if clock is not None else None  # type: ignore[attr-defined]
+    after = london_date(latest.time)
+    clock = clock or model(id=1, time_key=key, as_of=after)
+    clock.time_key, clock.as_of = key, after  # type: ignore[attr-defined]
+    session.add(clock)
+    session.flush()
+    return before, after

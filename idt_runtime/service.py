@@ -46,6 +46,13 @@ class ServiceSpec:
     metadata: MetaData
     tables: RuntimeTables
 
+    @classmethod
+    def of(cls, name: str, prefix: str, tables: RuntimeTables, app_file: str) -> ServiceSpec:
+        """A service laid out as usual: SQLModel tables, `migrations/` beside `app.py`."""
+        from sqlmodel import SQLModel
+
+        return cls(name, prefix, Path(app_file).parent / "migrations", SQLModel.metadata, tables)
+
 
 async def _raw_parser(msg: Any, _original: Any) -> RedisBatchStreamMessage:
     # Leave the bytes alone: our codec decodes and dead-letters; FastStream's own

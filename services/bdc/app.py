@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from idt_contract.events import ClaimId, ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
@@ -36,13 +35,7 @@ class BdcSettings(RuntimeSettings):
     needs nothing of its own."""
 
 
-SPEC = ServiceSpec(
-    name=NAME,
-    prefix=PREFIX,
-    migrations=Path(__file__).parent / "migrations",
-    metadata=SQLModel.metadata,
-    tables=TABLES,
-)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
 

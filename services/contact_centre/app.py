@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import date, datetime
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from idt_contract.events import Benefit, ClaimId, MarkerName, OfficeId
 from idt_domain.calendar import london_date
@@ -44,13 +43,7 @@ class ContactCentreSettings(RuntimeSettings):
         return self
 
 
-SPEC = ServiceSpec(
-    name=NAME,
-    prefix=PREFIX,
-    migrations=Path(__file__).parent / "migrations",
-    metadata=SQLModel.metadata,
-    tables=TABLES,
-)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import Field
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
@@ -25,13 +24,7 @@ from .models import PREFIX, TABLES
 
 NAME = "scheduler"
 
-SPEC = ServiceSpec(
-    name=NAME,
-    prefix=PREFIX,
-    migrations=Path(__file__).parent / "migrations",
-    metadata=SQLModel.metadata,
-    tables=TABLES,
-)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 
 class SchedulerSettings(RuntimeSettings):

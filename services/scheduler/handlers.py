@@ -22,7 +22,6 @@ from sqlmodel import Session, col, select
 from idt_contract import Envelope, decode, make_event, stream_for
 from idt_contract.events import (
     AlertKind,
-    ClockTick,
     OfficeKind,
     OfficeRegistered,
     WindowAlert,
@@ -32,6 +31,7 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
+from idt_runtime.latest import advance_clock, upsert_latest
 from idt_runtime.outbox import add_to_outbox
 
 from .alerts import AlertConfig, alerts_for, next_check
@@ -135,7 +135,7 @@ class Scheduler:
         claims: dict[str, None] = {}
         for ev in events:
             claim_id: str = ev.data.claim_id  # type: ignore[attr-defined]
-            _lock_claim(session, claim_id)
+            # The claim's row is locked in `recompute`, before its events are read.
             if session.get(SchEvent, ev.id) is None:
                 session.add(
                     SchEvent(
@@ -154,17 +154,13 @@ class Scheduler:
         touched: set[str] = set()
         for ev in events:
             assert isinstance(ev, OfficeRegistered)
-            key = utc_key(ev.time)
-            row = session.get(SchOffice, ev.data.office_id)
-            if row is not None and (key, ev.id) <= (row.time_key, row.event_id):
-                continue
-            row = row or SchOffice(office_id=ev.data.office_id)  # type: ignore[call-arg]
-            row.kind, row.name = ev.data.kind.value, ev.data.name
-            row.district, row.region = ev.data.district, ev.data.region
-            row.time_key, row.event_id = key, ev.id
-            session.add(row)
-            touched.add(ev.data.office_id)
-        session.flush()
+            d = ev.data
+            row = upsert_latest(
+                session, SchOffice, d.office_id, ev,
+                kind=d.kind.value, name=d.name, district=d.district, region=d.region,
+            )  # fmt: skip
+            if row is not None:
+                touched.add(d.office_id)
         if touched:
             # Claims whose marker names a changed office, and every claim with a missed
             # window (its stage attribution depends on which offices are Jobcentres).
@@ -177,22 +173,15 @@ class Scheduler:
             self.recompute_many(session, dict.fromkeys([*claims, *missed]))
 
     def apply_ticks(self, session: Session, events: Sequence[Envelope]) -> None:
-        latest = max(events, key=lambda e: (utc_key(e.time), e.id))
-        assert isinstance(latest, ClockTick)
-        key = utc_key(latest.time)
-        clock = session.get(SchClock, 1)
-        if clock is not None and key <= clock.time_key:
+        moved = advance_clock(session, SchClock, events)
+        if moved is None:
             return  # business time never goes back
-        before = clock.as_of if clock else None
-        clock = clock or SchClock(id=1, time_key=key, as_of=london_date(latest.time))
-        clock.time_key, clock.as_of = key, london_date(latest.time)
-        session.add(clock)
-        session.flush()
-        if before is not None and clock.as_of <= before:
-            return
+        before, as_of = moved
+        if before is not None and as_of <= before:
+            return  # a later tick on the same business date: nothing new is due
         q = select(SchClaim.claim_id).where(
             SchClaim.next_check.is_not(None),  # type: ignore[union-attr]
-            SchClaim.next_check <= clock.as_of,  # type: ignore[operator]
+            SchClaim.next_check <= as_of,  # type: ignore[operator]
         )
         if before is None:
             q = select(SchClaim.claim_id)  # the first tick: everything gets a business date
@@ -277,7 +266,9 @@ class Scheduler:
             if signature is not None and signature != row.published:
                 row.revision += 1
                 row.published = signature
-                outcomes.append(self._outcome_event(h, w, row, stage_days, now))
+                outcomes.append(
+                    self._outcome_event(row, w.status.value if w.status.final else "PENDING", now)
+                )
             session.add(row)
         for pk, row in existing.items():
             if pk in seen or not row.exists_now:
@@ -287,46 +278,14 @@ class Scheduler:
             if row.published is not None:
                 row.revision += 1
                 row.published = "WITHDRAWN"
-                outcomes.append(self._withdrawn_event(row, now))
+                outcomes.append(self._outcome_event(row, "WITHDRAWN", now))
             session.add(row)
         add_to_outbox(session, TABLES, outcomes)
 
-    def _outcome_event(
-        self,
-        h: ClaimHistory,
-        w: Window,
-        row: SchWindow,
-        stage_days: dict[str, int] | None,
-        now: datetime,
-    ) -> Envelope:
-        outcome = w.status.value if w.status.final else "PENDING"
-        return make_event(
-            WindowOutcome,
-            source=SOURCE,
-            time=now,
-            id=f"{short_id('wo', f'{w.window_id}|{w.basis}', 32)}:{row.revision}",
-            data=WindowOutcomeData.model_validate(
-                {
-                    "claim_id": h.claim_id,
-                    "window_id": w.window_id,
-                    "element": w.element,
-                    "intervention": w.intervention,
-                    "basis": w.basis,
-                    "outcome": outcome,
-                    "outcome_date": w.outcome_date if w.status.final else None,
-                    "opens": w.opens,
-                    "closes": w.closes,
-                    "jobcentre_id": w.jobcentre_id,
-                    "revision": row.revision,
-                    "stage": row.stage if w.status is Status.MISSED else None,
-                    "stage_days": stage_days,
-                    "late_interview_date": w.late_interview,
-                },
-                strict=False,
-            ),
-        )
-
-    def _withdrawn_event(self, row: SchWindow, now: datetime) -> Envelope:
+    def _outcome_event(self, row: SchWindow, outcome: str, now: datetime) -> Envelope:
+        """The `window-outcome` revision a stored window now calls for: its final
+        outcome, PENDING (no longer final) or WITHDRAWN (no longer exists)."""
+        final = outcome not in ("PENDING", "WITHDRAWN")
         return make_event(
             WindowOutcome,
             source=SOURCE,
@@ -339,12 +298,15 @@ class Scheduler:
                     "element": row.element,
                     "intervention": row.intervention,
                     "basis": row.basis,
-                    "outcome": "WITHDRAWN",
-                    "outcome_date": None,
+                    "outcome": outcome,
+                    "outcome_date": row.outcome_date if final else None,
                     "opens": row.opens,
                     "closes": row.closes,
                     "jobcentre_id": row.jobcentre_id,
                     "revision": row.revision,
+                    "stage": row.stage if final else None,
+                    "stage_days": json.loads(row.stage_days) if final and row.stage_days else None,
+                    "late_interview_date": row.late_interview if final else None,
                 },
                 strict=False,
             ),

@@ -7,14 +7,13 @@ import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, Field, field_validator
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
@@ -25,13 +24,7 @@ from .models import PREFIX, TABLES
 
 NAME = "scoring"
 
-SPEC = ServiceSpec(
-    name=NAME,
-    prefix=PREFIX,
-    migrations=Path(__file__).parent / "migrations",
-    metadata=SQLModel.metadata,
-    tables=TABLES,
-)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 
 class TargetSetting(BaseModel):

@@ -16,16 +16,15 @@ from idt_contract import Envelope, stream_for
 from idt_contract.events import (
     ClaimCleared,
     ClaimRegistered,
-    ClockTick,
     InterviewConducted,
     InterviewFailedToAttend,
     MarkerSet,
     OfficeRegistered,
     WindowOutcome,
 )
-from idt_domain.calendar import london_date, utc_key, working_days_between
+from idt_domain.calendar import london_date, working_days_between
 from idt_runtime.consumer import Applier
-from idt_runtime.latest import upsert_latest
+from idt_runtime.latest import advance_clock, upsert_latest
 
 from . import domain
 from .models import (
@@ -71,16 +70,7 @@ def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
 
 
 def apply_ticks(session: Session, events: Sequence[Envelope]) -> None:
-    latest = max(events, key=lambda e: (utc_key(e.time), e.id))
-    assert isinstance(latest, ClockTick)
-    key = utc_key(latest.time)
-    clock = session.get(ScoClock, 1)
-    if clock is not None and key <= clock.time_key:
-        return
-    clock = clock or ScoClock(id=1, time_key=key, as_of=london_date(latest.time))
-    clock.time_key, clock.as_of = key, london_date(latest.time)
-    session.add(clock)
-    session.flush()
+    advance_clock(session, ScoClock, events)
 
 
 def apply_interviews(session: Session, events: Sequence[Envelope]) -> None:

@@ -13,7 +13,7 @@ from idt_contract.events import ClockTick, WindowOutcome, WindowOutcomeData, mak
 from services.scoring.app import ScoringSettings, create_app
 from tests.claims import Claim, at
 from tests.conftest import wait_for
-from tests.helpers import OFFICES, register_offices, xadd
+from tests.helpers import register_offices, xadd
 
 
 def outcome(
@@ -178,4 +178,3 @@ def test_guardrails_from_the_bus(scoring, r):
     assert 'idt_guardrail_aact_claims{bdc="BDC01"} 1.0' in metrics
     assert 'idt_guardrail_aact_working_days{bdc="BDC01"} 1.0' in metrics
     assert 'idt_guardrail_marker_claims{contact_centre="CC01"} 2.0' in metrics
-    assert len(OFFICES) == 4
