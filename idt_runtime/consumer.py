@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
 
 from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
@@ -73,6 +74,26 @@ class BatchResult:
     duplicates: list[str] = field(default_factory=list)
     dead: list[tuple[RawEntry, str]] = field(default_factory=list)
     failed: dict[str, BaseException] = field(default_factory=dict)
+
+
+#: SQLSTATEs of a transaction that lost a race with another (serialization
+#: failure, deadlock, unique violation): run it again at once.
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
+CONFLICT_RETRIES = 5
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A concurrent replica got there first: two inserted the same new row, or
+    PostgreSQL broke a deadlock. Retrying the whole transaction sees its work."""
+    if isinstance(exc, IntegrityError) and _sqlstate(exc) in (None, "23505"):
+        # SQLite gives no SQLSTATE; its unique violations can only come from a
+        # race if BEGIN IMMEDIATE were off, so a retry is harmless there too.
+        return True
+    return isinstance(exc, DBAPIError) and _sqlstate(exc) in _CONFLICT_SQLSTATES
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
 
 
 def _is_infra(exc: BaseException) -> bool:
@@ -164,7 +185,7 @@ class EventConsumer:
 
         if good:
             try:
-                applied, dups = await asyncio.to_thread(self._commit, stream, good)
+                applied, dups = await self._commit_retrying(stream, good)
                 result.applied += applied
                 result.duplicates += dups
             except Exception as exc:
@@ -177,9 +198,7 @@ class EventConsumer:
                     # Isolate the failing entry: one transaction each.
                     for entry, event in good:
                         try:
-                            applied, dups = await asyncio.to_thread(
-                                self._commit, stream, [(entry, event)]
-                            )
+                            applied, dups = await self._commit_retrying(stream, [(entry, event)])
                             result.applied += applied
                             result.duplicates += dups
                         except Reject as rejected:
@@ -210,6 +229,22 @@ class EventConsumer:
         if result.applied and self.after_commit is not None:
             self.after_commit()
         return result
+
+    async def _commit_retrying(
+        self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
+    ) -> tuple[list[str], list[str]]:
+        """`_commit`, run again when it lost a race with another replica."""
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return await asyncio.to_thread(self._commit, stream, items)
+            except Exception as exc:
+                if not is_conflict(exc) or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                self.metrics.conflicts.labels(self.service, stream).inc()
+                log.info("%s: %s batch conflicted with a replica (%r); retrying", self.service,
+                         stream, getattr(exc, "orig", exc))  # fmt: skip
+                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _commit(
         self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]

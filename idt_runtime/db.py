@@ -7,6 +7,8 @@ share one PostgreSQL database. Schemas are created by Alembic migrations
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from sqlalchemy import (
     String,
     Table,
     event,
+    text,
 )
-from sqlalchemy.engine import Engine
-from sqlmodel import create_engine
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, create_engine
 
 
 def make_engine(url: str) -> Engine:
@@ -37,12 +40,23 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # The driver's own transaction handling off: SQLAlchemy's "begin"
+            # below opens every transaction itself.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            # Every transaction takes the write lock when it starts, so two
+            # processes on one file (two replicas, or a service and a migration)
+            # run their read-modify-write transactions one after the other
+            # instead of failing with SQLITE_BUSY_SNAPSHOT half-way through.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -79,11 +93,44 @@ def runtime_tables(prefix: str, metadata: MetaData) -> RuntimeTables:
     return RuntimeTables(processed=processed, outbox=outbox)
 
 
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return engine.dialect.name == "postgresql"
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for PostgreSQL advisory locks."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_scope(session: Session, name: str, *, exclusive: bool) -> None:
+    """A transaction-long reader/writer lock named `name` across every process
+    sharing the database: transactions that change state many others depend on
+    (business time, the office registry) take it exclusively, the rest shared.
+    On SQLite every transaction already holds the database's write lock
+    (`BEGIN IMMEDIATE`), so nothing more is needed."""
+    if not is_postgresql(session):
+        return
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    session.execute(text(f"SELECT {fn}(:k)"), {"k": advisory_key(name)})
+
+
+_MIGRATING = threading.Lock()
+
+
 def migrate(engine: Engine, script_location: Path, version_table: str) -> None:
-    """Bring the service's schema to the newest migration."""
+    """Bring the service's schema to the newest migration. Replicas starting
+    together on PostgreSQL take turns (an advisory lock held for the migration's
+    transaction); on SQLite `BEGIN IMMEDIATE` does the same."""
     cfg = Config()
     cfg.set_main_option("script_location", str(script_location))
-    with engine.begin() as conn:
+    # Alembic's `op` and `context` are process-wide: one migration at a time here.
+    with _MIGRATING, engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": advisory_key("migrate:" + version_table)},
+            )
         cfg.attributes["connection"] = conn
         cfg.attributes["version_table"] = version_table
         command.upgrade(cfg, "head")

@@ -22,7 +22,9 @@ def upsert_latest(
     already holds a later event (in event time, then event id). The model has
     `time_key` and `event_id` columns. Returns the row, or None when it was kept."""
     time_key = utc_key(event.time)
-    row = session.get(model, key)
+    # FOR UPDATE (PostgreSQL): a replica applying another event for the same key
+    # waits, then compares with what this one wrote; never a lost update.
+    row = session.get(model, key, with_for_update=True)
     if row is not None and not supersedes((time_key, event.id), (row.time_key, row.event_id)):  # type: ignore[attr-defined]
         return None
     if row is None:
@@ -48,7 +50,7 @@ def advance_clock(
     (before, after), or None when the ticks were not later than the clock."""
     latest = max(ticks, key=lambda e: (utc_key(e.time), e.id))
     key = utc_key(latest.time)
-    clock = session.get(model, 1)
+    clock = session.get(model, 1, with_for_update=True)
     if clock is not None and key <= clock.time_key:  # type: ignore[attr-defined]
         return None
     before: date | None = clock.as_of if clock is not None else None  # type: ignore[attr-defined]

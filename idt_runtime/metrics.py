@@ -19,6 +19,12 @@ class RuntimeMetrics:
             ["service", "stream", "result"],
             registry=r,
         )
+        self.conflicts = Counter(
+            "idt_batch_conflicts_total",
+            "Batch transactions that lost a race with another replica and were run again.",
+            ["service", "stream"],
+            registry=r,
+        )
         self.handler_failures = Counter(
             "idt_handler_failures_total",
             "Entries whose handler raised; they stay pending and are retried.",

@@ -11,8 +11,9 @@ import os
 import socket
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +25,10 @@ class RuntimeSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("IDT_REDIS_URL", "REDIS_URL"),
     )
+    #: Redis ACL credentials (deploy/redis/): the user, and a file holding its
+    #: password (a Compose or Kubernetes secret). Both are put into `redis_url`.
+    redis_username: str | None = None
+    redis_password_file: Path | None = None
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("IDT_DATABASE_URL", "DATABASE_URL"),
@@ -45,6 +50,13 @@ class RuntimeSettings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1)
     log_level: str = "INFO"
 
+    @model_validator(mode="after")
+    def _credentials_into_url(self) -> RuntimeSettings:
+        self.redis_url = redis_url_with_credentials(
+            self.redis_url, self.redis_username, self.redis_password_file
+        )
+        return self
+
     def database_url_for(self, service: str) -> str:
         if self.database_url:
             return self.database_url
@@ -54,3 +66,29 @@ class RuntimeSettings(BaseSettings):
         host = os.environ.get("HOSTNAME") or socket.gethostname()
         slot = self.consumer_slot if self.consumer_slot is not None else f"pid{os.getpid()}"
         return f"{service}-{host}-{slot}"
+
+
+def redis_url_with_credentials(url: str, username: str | None, password_file: Path | None) -> str:
+    """`url` with the ACL user and the password read from `password_file` (one
+    line; surrounding whitespace dropped). Either may be None: nothing changes."""
+    if not username and password_file is None:
+        return url
+    parts = urlsplit(url)
+    user = username if username else (parts.username or "")
+    password = parts.password or ""
+    if password_file is not None:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the Redis password file {password_file}: {exc}") from exc
+        if not password:
+            raise ValueError(f"the Redis password file {password_file} is empty")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return urlunsplit((parts.scheme, f"{auth}@{host}", parts.path, parts.query, parts.fragment))

@@ -73,8 +73,8 @@ def running_bdc(
 
 
 @pytest.fixture
-def bdc(redis_url, var_dir, r) -> Iterator[TestClient]:
-    with running_bdc(redis_url, var_dir, r) as (client, _clock):
+def bdc(redis_url, var_dir, r, database_url) -> Iterator[TestClient]:
+    with running_bdc(redis_url, var_dir, r, database_url=database_url) as (client, _clock):
         yield client
 
 

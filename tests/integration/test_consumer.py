@@ -63,8 +63,9 @@ def marker(claim_id: str, value: str, *, day: str = "2007-06-01", event_id: str 
 
 
 @pytest.fixture
-def cc(redis_url, var_dir):
+def cc(redis_url, var_dir, database_url):
     settings = ContactCentreSettings(
+        database_url=database_url,
         redis_url=redis_url,
         var_dir=var_dir,
         environment="test",

@@ -60,9 +60,9 @@ def settings_for(redis_url: str, var_dir: Path, **kw) -> ContactCentreSettings:
 
 
 @pytest.fixture
-def cc(redis_url, var_dir, r):
+def cc(redis_url, var_dir, r, database_url):
     register_offices(r)
-    app = create_app(settings_for(redis_url, var_dir), FixedClock(CLOCK))
+    app = create_app(settings_for(redis_url, var_dir, database_url=database_url), FixedClock(CLOCK))
     with TestClient(app) as client:
         # The registry arrives over the bus; intake works once it has.
         wait_for(

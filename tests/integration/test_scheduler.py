@@ -35,11 +35,12 @@ def outcomes(r: redis.Redis) -> list:
 
 
 @pytest.fixture
-def sched(redis_url, var_dir, r):
+def sched(redis_url, var_dir, r, database_url):
     register_offices(r)
     settings = SchedulerSettings(
-        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50
-    )
+        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50,
+        database_url=database_url,
+    )  # fmt: skip
     with TestClient(create_app(settings)) as client:
         settle(client, *(f"office-{o[0]}" for o in OFFICES))
         yield client

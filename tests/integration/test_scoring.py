@@ -54,9 +54,11 @@ def outcome(
 
 
 @pytest.fixture
-def scoring(redis_url, var_dir, r):
+def scoring(redis_url, var_dir, r, database_url):
     register_offices(r)
-    settings = ScoringSettings(redis_url=redis_url, var_dir=var_dir, environment="test")
+    settings = ScoringSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", database_url=database_url
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 

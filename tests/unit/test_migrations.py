@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import multiprocessing
+import time
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,9 +17,9 @@ SERVICES = ["contact_centre", "bdc", "scheduler", "scoring"]
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_migrations_match_the_models(service, tmp_path):
+def test_migrations_match_the_models(service, tmp_path, database_url):
     spec = importlib.import_module(f"services.{service}.app").SPEC
-    engine = make_engine(f"sqlite:///{tmp_path}/m.db")
+    engine = make_engine(database_url or f"sqlite:///{tmp_path}/m.db")
     migrate(engine, spec.migrations, f"{spec.prefix}_alembic_version")
     migrate(engine, spec.migrations, f"{spec.prefix}_alembic_version")  # idempotent
 
@@ -35,3 +37,39 @@ def test_migrations_match_the_models(service, tmp_path):
         )
         diff = compare_metadata(ctx, SQLModel.metadata)
     assert diff == [], f"models and migrations of {service} differ; run idt_runtime.revision"
+
+
+def _replica(url: str, service: str, start_at: float) -> str:
+    """One replica process starting: migrate its service, at a shared moment."""
+    spec = importlib.import_module(f"services.{service}.app").SPEC
+    engine = make_engine(url)
+    time.sleep(max(0.0, start_at - time.time()))
+    try:
+        migrate(engine, spec.migrations, f"{spec.prefix}_alembic_version")
+        return "ok"
+    except Exception as exc:
+        return f"{service}: {exc!r}"
+    finally:
+        engine.dispose()
+
+
+def test_replicas_starting_together_migrate_in_turn(tmp_path, database_url):
+    """Two replicas of every service start at once, as separate processes, against
+    one database (as in deploy/compose.yaml): each migration runs once, none fails."""
+    url = database_url or f"sqlite:///{tmp_path}/shared.db"
+    jobs = [s for s in SERVICES for _replica_no in range(2)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(len(jobs)) as pool:
+        # Every process imports first, then all migrate within the same few ms.
+        start_at = time.time() + 6
+        results = pool.starmap(_replica, [(url, s, start_at) for s in jobs])
+    assert results == ["ok"] * len(jobs)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        for service in SERVICES:
+            spec = importlib.import_module(f"services.{service}.app").SPEC
+            versions = conn.exec_driver_sql(
+                f"SELECT version_num FROM {spec.prefix}_alembic_version"
+            ).all()
+            assert len(versions) == 1, (service, versions)
+    engine.dispose()
