@@ -35,7 +35,17 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path | None = None, *, port: int | None = None, aof: bool = True):
+    def __init__(
+        self,
+        data_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        aof: bool = True,
+        appendfsync: str = "everysec",
+    ):
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
+        self.appendfsync = appendfsync
         self._tmp: str | None = None
         if data_dir is None:
             self._tmp = tempfile.mkdtemp(prefix="idt-redis-")
@@ -59,7 +69,7 @@ class EmbeddedRedis:
             "--dir", str(self.data_dir),
             "--save", "",
             "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.appendfsync,
             "--protected-mode", "yes",
             "--daemonize", "no",
             "--loglevel", "warning",
@@ -81,6 +91,14 @@ class EmbeddedRedis:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def crash(self) -> None:
+        """SIGKILL the server (a power cut, as far as Redis knows); the data
+        directory stays, so `start()` brings back what the AOF holds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

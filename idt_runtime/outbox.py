@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-import redis.asyncio as aredis
+import redis
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -22,7 +22,7 @@ from sqlmodel import Session
 from idt_contract import Envelope, encode, stream_for
 from idt_contract.streams import DATA_FIELD
 
-from .db import RuntimeTables
+from .db import RuntimeTables, lock_scope
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger("idt.outbox")
@@ -50,20 +50,29 @@ def add_to_outbox(
 
 
 class OutboxRelay:
+    """Publishes a service's outbox in `seq` order.
+
+    Each batch is one database transaction around read, pipelined XADD and mark:
+    replicas of a service share the outbox, and the transaction's lock (an
+    advisory lock on PostgreSQL, the write lock on SQLite) lets one relay at a
+    time publish, so no row goes out twice and the order holds across replicas.
+    If the XADDs fail nothing is marked; if the process dies after XADD and before
+    the commit, the rows go out again under the same CloudEvent ids."""
+
     def __init__(
         self,
         *,
         service: str,
         engine: Engine,
         tables: RuntimeTables,
-        redis: aredis.Redis,
+        redis_url: str,
         metrics: RuntimeMetrics,
         batch_size: int = 500,
     ) -> None:
         self.service = service
         self.engine = engine
         self.tables = tables
-        self.redis = redis
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.metrics = metrics
         self.batch_size = batch_size
         self._wake = asyncio.Event()
@@ -77,44 +86,48 @@ class OutboxRelay:
     def notify(self) -> None:
         self._wake.set()
 
-    def _pending(self) -> list[tuple[int, str, bytes]]:
+    def close(self) -> None:
+        self.redis.close()
+
+    def _publish_batch(self) -> tuple[list[str], int]:
+        """Publish up to `batch_size` pending rows; (their streams, rows left)."""
         o = self.tables.outbox
-        with Session(self.engine) as s:
+        with Session(self.engine) as s, s.begin():
+            lock_scope(s, f"outbox:{o.name}", exclusive=True)
             rows = s.execute(
                 select(o.c.seq, o.c.stream, o.c.payload)
                 .where(o.c.published_at.is_(None))
                 .order_by(o.c.seq)
                 .limit(self.batch_size)
             ).all()
-        return [(r[0], r[1], bytes(r[2])) for r in rows]
-
-    def _mark(self, seqs: list[int]) -> int:
-        o = self.tables.outbox
-        with Session(self.engine) as s, s.begin():
-            s.execute(update(o).where(o.c.seq.in_(seqs)).values(published_at=datetime.now(UTC)))
+            if not rows:
+                return [], 0
+            with self.redis.pipeline(transaction=False) as pipe:
+                for _, stream, payload in rows:
+                    pipe.xadd(stream, {DATA_FIELD: bytes(payload)})
+                pipe.execute()
+            s.execute(
+                update(o)
+                .where(o.c.seq.in_([r[0] for r in rows]))
+                .values(published_at=datetime.now(UTC))
+            )
             left = s.execute(
                 select(func.count()).select_from(o).where(o.c.published_at.is_(None))
             ).scalar_one()
-        return int(left)
+        return [r[1] for r in rows], int(left)
 
     async def flush(self) -> int:
         """Publish everything pending; returns how many were published."""
         published = 0
         async with self._lock:
             while True:
-                rows = await asyncio.to_thread(self._pending)
-                if not rows:
-                    self.metrics.outbox_pending.labels(self.service).set(0)
-                    return published
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for _, stream, payload in rows:
-                        pipe.xadd(stream, {DATA_FIELD: payload})
-                    await pipe.execute()
-                left = await asyncio.to_thread(self._mark, [r[0] for r in rows])
+                streams, left = await asyncio.to_thread(self._publish_batch)
                 self.metrics.outbox_pending.labels(self.service).set(left)
-                for _, stream, _ in rows:
+                if not streams:
+                    return published
+                for stream in streams:
                     self.metrics.published.labels(self.service, stream).inc()
-                published += len(rows)
+                published += len(streams)
 
     async def run_forever(self, interval_s: float = 1.0) -> None:
         # A stop flag besides cancellation: on Python 3.11 `wait_for` can turn a

@@ -108,7 +108,7 @@ class ServiceRuntime:
             service=self.spec.name,
             engine=self.engine,
             tables=self.spec.tables,
-            redis=self.redis,
+            redis_url=s.redis_url,
             metrics=self.metrics,
             batch_size=s.batch_size,
         )
@@ -208,6 +208,7 @@ class ServiceRuntime:
             await self._bounded("broker", self.broker.stop())
         if self.relay is not None:
             await self._bounded("outbox flush", self.relay.flush())
+            self.relay.close()
         if self.redis is not None:
             await self._bounded("redis", self.redis.aclose())
         if self._streams is not None:
@@ -293,12 +294,47 @@ def build_app(
 
 def install_error_handlers(app: FastAPI) -> None:
     """422s that never echo submitted values (an NI number must not bounce into
-    logs or proxies), and every error in one shape: {"detail": [{loc, msg, type}]}."""
+    logs or proxies), and every error in one shape: {"detail": [{loc, msg, type}]}.
+
+    Any NI number left in an error (a path's claim id quoted by a 404, an unknown
+    body field's name in a `loc`) is masked, whichever handler wrote the message."""
+    from http import HTTPStatus
+
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from idt_contract.events import NINO_IN_TEXT
+
+    phrases = {s.value: s.phrase for s in HTTPStatus}
+
+    def masked(value: Any) -> Any:
+        return NINO_IN_TEXT.sub("[NI-NUMBER-REDACTED]", value) if isinstance(value, str) else value
+
+    def reply(status: int, detail: list[Any], headers: Any = None) -> JSONResponse:
+        items = [
+            {
+                "loc": [masked(p) for p in d.get("loc", [])],
+                "msg": masked(str(d.get("msg", ""))),
+                "type": str(d.get("type", "")),
+            }
+            for d in detail
+        ]
+        return JSONResponse(status_code=status, content={"detail": items}, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail: list[dict[str, Any]] = [
-            {"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        return JSONResponse(status_code=422, content={"detail": detail})
+        return reply(422, list(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's 400 for a body it could not read as JSON (not UTF-8, nested too
+            # deep, an integer too long): the same error as malformed JSON, a 422.
+            msg = "the body is not readable JSON (UTF-8, not nested too deep)"
+            return reply(422, [{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+        if isinstance(exc.detail, list):
+            detail = exc.detail
+        else:  # Starlette's own 404 and 405, or a plain-string detail
+            phrase = phrases.get(exc.status_code, "error")
+            kind = phrase.lower().replace(" ", "_").replace("-", "_")
+            detail = [{"loc": [], "msg": str(exc.detail), "type": kind}]
+        return reply(exc.status_code, detail, exc.headers)
