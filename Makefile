@@ -14,7 +14,7 @@ ARGS ?=
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install run test check fmt clean
+.PHONY: help install run test chaos fuzz check fmt clean
 
 help: ## Show this help
 	@echo "Targets:"
@@ -46,6 +46,12 @@ run: $(VENV)/.installed ## Run Redis, every service and the demo simulator (Ctrl
 
 test: $(VENV)/.installed ## Run the whole test suite
 	"$(BIN)/python" -m pytest -q
+
+chaos: $(VENV)/.installed ## Only the fault tests (kills, Redis crash, outages); `make test` runs them too
+	"$(BIN)/python" -m pytest -q -m chaos
+
+fuzz: $(VENV)/.installed ## Only the fuzz tests (decoder, every service's OpenAPI); `make test` runs them too
+	"$(BIN)/python" -m pytest -q -m fuzz
 
 check: $(VENV)/.installed ## Check formatting, lint and types (ruff, mypy)
 	"$(BIN)/ruff" format --check .
