@@ -1,0 +1,41 @@
+"""Runtime settings: Redis ACL credentials go into the URL, from a secret file."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from idt_runtime.settings import RuntimeSettings, redis_url_with_credentials
+
+
+def test_the_user_and_the_password_file_go_into_the_redis_url(tmp_path):
+    secret = tmp_path / "scheduler"
+    secret.write_text("p@ss:w/rd\n")
+    s = RuntimeSettings(
+        redis_url="redis://redis:6379/0", redis_username="scheduler", redis_password_file=secret
+    )
+    kwargs = redis.Redis.from_url(s.redis_url).connection_pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"]) == ("scheduler", "p@ss:w/rd")
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("redis", 6379, 0)
+
+
+def test_the_environment_names_them(tmp_path, monkeypatch):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6380/2")
+    monkeypatch.setenv("IDT_REDIS_USERNAME", "bdc")
+    monkeypatch.setenv("IDT_REDIS_PASSWORD_FILE", str(secret))
+    assert RuntimeSettings().redis_url == "redis://bdc:s3cret@127.0.0.1:6380/2"
+
+
+def test_without_credentials_the_url_is_unchanged():
+    assert redis_url_with_credentials("rediss://h:1/0?x=1", None, None) == "rediss://h:1/0?x=1"
+
+
+def test_a_missing_or_empty_password_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ValidationError, match="cannot read the Redis password file"):
+        RuntimeSettings(redis_username="u", redis_password_file=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValidationError, match="is empty"):
+        RuntimeSettings(redis_username="u", redis_password_file=tmp_path / "empty")
