@@ -31,6 +31,7 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
+from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
 from idt_runtime.outbox import add_to_outbox
 
@@ -72,6 +73,10 @@ class SchedulerConfig:
 
 def _time_of(key: str) -> datetime:
     return datetime.strptime(key, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+#: Business time and the office registry: what every claim's evaluation reads.
+STATE_SCOPE = "scheduler:business-time-and-registry"
 
 
 def business_date(session: Session) -> date | None:
@@ -132,6 +137,9 @@ class Scheduler:
         return out
 
     def apply_claim_events(self, session: Session, events: Sequence[Envelope]) -> None:
+        # Replicas apply claim events side by side (each claim's row is locked in
+        # `recompute`), but never beside a change of business time or registry.
+        lock_scope(session, STATE_SCOPE, exclusive=False)
         claims: dict[str, None] = {}
         for ev in events:
             claim_id: str = ev.data.claim_id  # type: ignore[attr-defined]
@@ -151,6 +159,7 @@ class Scheduler:
         self.recompute_many(session, claims)
 
     def apply_offices(self, session: Session, events: Sequence[Envelope]) -> None:
+        lock_scope(session, STATE_SCOPE, exclusive=True)
         touched: set[str] = set()
         for ev in events:
             assert isinstance(ev, OfficeRegistered)
@@ -173,6 +182,7 @@ class Scheduler:
             self.recompute_many(session, dict.fromkeys([*claims, *missed]))
 
     def apply_ticks(self, session: Session, events: Sequence[Envelope]) -> None:
+        lock_scope(session, STATE_SCOPE, exclusive=True)
         moved = advance_clock(session, SchClock, events)
         if moved is None:
             return  # business time never goes back
@@ -192,7 +202,8 @@ class Scheduler:
     def recompute_many(self, session: Session, claim_ids: Iterable[str]) -> None:
         as_of = business_date(session)
         registry = office_kinds(session)
-        for claim_id in claim_ids:
+        # One order everywhere, so two replicas locking claims never deadlock.
+        for claim_id in sorted(claim_ids):
             self.recompute(session, claim_id, as_of, registry)
 
     def recompute(

@@ -45,7 +45,7 @@ def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
     for ev in events:
         assert isinstance(ev, WindowOutcome)
         d = ev.data
-        row = session.get(ScoOutcome, (d.window_id, d.basis))
+        row = session.get(ScoOutcome, (d.window_id, d.basis), with_for_update=True)
         if row is not None and row.revision >= d.revision:
             continue  # an older revision arriving late changes nothing
         row = row or ScoOutcome(
