@@ -28,3 +28,9 @@ def type_of_stream(stream: str) -> str | None:
     if stream.startswith(ALERTS_PREFIX):
         return "window-alert"
     return stream[len(PREFIX) :]
+
+
+def outbox_run_key(service: str) -> str:
+    """Not a stream: where a service's outbox relays keep the Redis run id they
+    last published to (idt_runtime.outbox republishes after a restart)."""
+    return f"{PREFIX}outbox-run:{service}"

@@ -19,6 +19,12 @@ class RuntimeMetrics:
             ["service", "stream", "result"],
             registry=r,
         )
+        self.republished = Counter(
+            "idt_outbox_republished_total",
+            "Outbox events published again after Redis restarted (it may have lost them).",
+            ["service"],
+            registry=r,
+        )
         self.conflicts = Counter(
             "idt_batch_conflicts_total",
             "Batch transactions that lost a race with another replica and were run again.",

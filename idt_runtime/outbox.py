@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import func, insert, select, update
@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from idt_contract import Envelope, encode, stream_for
-from idt_contract.streams import DATA_FIELD
+from idt_contract.streams import DATA_FIELD, outbox_run_key
 
 from .db import RuntimeTables, lock_scope
 from .metrics import RuntimeMetrics
@@ -57,7 +57,13 @@ class OutboxRelay:
     advisory lock on PostgreSQL, the write lock on SQLite) lets one relay at a
     time publish, so no row goes out twice and the order holds across replicas.
     If the XADDs fail nothing is marked; if the process dies after XADD and before
-    the commit, the rows go out again under the same CloudEvent ids."""
+    the commit, the rows go out again under the same CloudEvent ids.
+
+    A Redis that restarts can come back without its last writes (with
+    `appendfsync everysec`, up to about a second). The relay notices a restart
+    (a new `run_id`) and publishes again every row it published in the
+    `republish_s` seconds before, under the same ids: consumers drop what they
+    already had, and what the crash lost is back (docs/guarantees.md)."""
 
     def __init__(
         self,
@@ -68,8 +74,11 @@ class OutboxRelay:
         redis_url: str,
         metrics: RuntimeMetrics,
         batch_size: int = 500,
+        republish_s: float = 10.0,
     ) -> None:
         self.service = service
+        self.republish_s = republish_s
+        self._run_id: str | None = None
         self.engine = engine
         self.tables = tables
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
@@ -94,6 +103,7 @@ class OutboxRelay:
         o = self.tables.outbox
         with Session(self.engine) as s, s.begin():
             lock_scope(s, f"outbox:{o.name}", exclusive=True)
+            self._after_restart(s)
             rows = s.execute(
                 select(o.c.seq, o.c.stream, o.c.payload)
                 .where(o.c.published_at.is_(None))
@@ -115,6 +125,32 @@ class OutboxRelay:
                 select(func.count()).select_from(o).where(o.c.published_at.is_(None))
             ).scalar_one()
         return [r[1] for r in rows], int(left)
+
+    def _after_restart(self, s: Session) -> None:
+        """If Redis restarted since this outbox last published, mark the rows of
+        the last `republish_s` seconds unpublished again. The run id seen last is
+        kept in Redis (per outbox), so of several replicas only the first to
+        notice republishes (they run this one at a time, under the relay lock)."""
+        run_id = str(self.redis.info("server")["run_id"])
+        if run_id == self._run_id:
+            return
+        o = self.tables.outbox
+        key = outbox_run_key(self.service)
+        raw = self.redis.get(key)
+        seen = raw.decode() if isinstance(raw, bytes) else raw
+        self.redis.set(key, run_id)
+        self._run_id = run_id
+        if seen is None or seen == run_id:
+            return
+        since = datetime.now(UTC) - timedelta(seconds=self.republish_s)
+        result = s.execute(update(o).where(o.c.published_at >= since).values(published_at=None))
+        again = int(getattr(result, "rowcount", 0) or 0)
+        log.warning(
+            "%s: Redis restarted (run %s, was %s): publishing the last %.0f s of the "
+            "outbox again (%d events; consumers drop what they already have)",
+            self.service, run_id[:8], seen[:8], self.republish_s, again,
+        )  # fmt: skip
+        self.metrics.republished.labels(self.service).inc(again)
 
     async def flush(self) -> int:
         """Publish everything pending; returns how many were published."""

@@ -111,6 +111,7 @@ class ServiceRuntime:
             redis_url=s.redis_url,
             metrics=self.metrics,
             batch_size=s.batch_size,
+            republish_s=s.outbox_republish_s,
         )
         self._tasks.append(asyncio.create_task(self.relay.run_forever()))
         if self.appliers:

@@ -48,6 +48,9 @@ class RuntimeSettings(BaseSettings):
     reclaim_interval_s: float = Field(default=5.0, gt=0)
     #: A failing entry is retried this many deliveries, then dead-lettered.
     max_deliveries: int = Field(default=5, ge=1)
+    #: After a Redis restart, the outbox publishes again what it published in
+    #: this many seconds before (what `appendfsync everysec` can lose, with margin).
+    outbox_republish_s: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

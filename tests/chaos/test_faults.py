@@ -19,12 +19,13 @@ import pytest
 import redis
 import sqlalchemy
 
-from idt_contract import stream_for
+from idt_contract import decode_entry, stream_for
 from idt_runtime.embedded_redis import EmbeddedRedis
 from tests.chaos.proxy import TcpProxy
 from tests.conftest import wait_for
 from tests.helpers import register_offices, xadd
 from tests.integration.test_consumer import claim_registered
+from tests.integration.test_contact_centre import claim_body
 from tests.integration.test_replay import (
     START,
     differences,
@@ -146,6 +147,64 @@ def test_redis_crashed_and_restarted_from_its_aof_loses_nothing_acked(tmp_path):
         r.close()
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(200)
+def test_events_a_restarted_redis_lost_are_published_again_from_the_outbox(tmp_path):
+    """What `appendfsync everysec` can lose, made certain: Redis comes back from
+    an AOF copied before the last claims were published (its tail missing, as
+    after a crash between fsyncs). The Contact Centre's outbox notices the new
+    Redis run and publishes its recent events again: every claim is on the bus."""
+    server = EmbeddedRedis(tmp_path / "redis", aof=True, appendfsync="always").start()
+    aof = tmp_path / "redis" / "appendonly.aof"
+    stream = stream_for("claim-registered")
+    try:
+        r = redis.Redis.from_url(server.url)
+        register_offices(r)
+        with Stack(tmp_path, server.url) as stack:
+            stack.start("contact_centre")
+            base = stack.url("contact_centre")
+
+            def register(n: int) -> None:
+                body = claim_body(claim_id=f"TAIL-{n}")
+                resp = httpx.post(base + "/v1/claims", json=body, timeout=10)
+                assert resp.status_code == 201, resp.text
+
+            def on_bus() -> set[str]:
+                return {decode_entry(stream, f).data.claim_id for _, f in r.xrange(stream)}
+
+            wait_for(lambda: _registry_known(base), 30)  # registers WARMUP
+            for n in range(5):
+                register(n)
+            first = {"WARMUP", *(f"TAIL-{n}" for n in range(5))}
+            wait_for(lambda: on_bus() == first, 10)
+            before = aof.read_bytes()
+            for n in range(5, 10):
+                register(n)
+            everything = {"WARMUP", *(f"TAIL-{n}" for n in range(10))}
+            wait_for(lambda: on_bus() == everything, 10)
+            server.crash()
+            r.close()
+            aof.write_bytes(before)  # the last five claims never reached the disk
+            server.start()
+            r = redis.Redis.from_url(server.url)
+            # The restored AOF has none of the last five: without the outbox they are lost.
+            assert b"TAIL-4" in before and not any(
+                f"TAIL-{n}".encode() in before for n in range(5, 10)
+            )
+            wait_for(lambda: on_bus() == everything, 30)
+            metrics = httpx.get(base + "/metrics", timeout=5).text
+            assert 'idt_outbox_republished_total{service="contact_centre"}' in metrics
+        r.close()
+    finally:
+        server.stop()
+
+
+def _registry_known(base: str) -> bool:
+    """The Contact Centre has consumed the registry: a claim for JC0101 is accepted."""
+    resp = httpx.post(base + "/v1/claims", json=claim_body(claim_id="WARMUP"), timeout=10)
+    assert resp.status_code in (201, 422), resp.text
+    return resp.status_code == 201
 
 
 @pytest.mark.timeout(300)
