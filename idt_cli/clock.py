@@ -2,6 +2,11 @@
 
     python -m idt_cli.clock --redis-url redis://... --interval 60
 
+Redis is `--redis-url` or, without it, `IDT_REDIS_URL` / `REDIS_URL` (the names the
+services read). Its ACL user and password: `--redis-username` and
+`--redis-password-file` (a file holding the password, e.g. a Compose secret), or
+`IDT_REDIS_USERNAME` and `IDT_REDIS_PASSWORD_FILE`; an option beats its variable.
+
 Business time advances only through `clock-tick` events (spec §2); in live running
 this process publishes them. Tick times are the interval boundaries (multiples of
 the interval since the Unix epoch, UTC) and a tick's id is `tick-` + its time, so a
@@ -15,23 +20,30 @@ clock in the CLI. A Redis outage is logged and retried; SIGTERM or SIGINT stops 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 import redis
 
 from idt_contract import entry_fields, make_event, stream_for
 from idt_contract.events import ClockTick
+from idt_runtime.settings import redis_url_with_credentials
 
 from .wallclock import wall_clock_now
 
 SOURCE = "/clock"
 STREAM = stream_for(ClockTick.event_type())
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Environment variables read when the matching option is not given, first found wins.
+URL_ENV = ("IDT_REDIS_URL", "REDIS_URL")
+USERNAME_ENV = "IDT_REDIS_USERNAME"
+PASSWORD_FILE_ENV = "IDT_REDIS_PASSWORD_FILE"  # noqa: S105 - a variable name
 
 
 def tick_time(now: datetime, interval: float) -> datetime:
@@ -84,13 +96,46 @@ def run(
     return published
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[str, float]:
+    """The Redis URL, with the ACL user and password put into it, and the interval.
+    Bad or missing options exit with status 2 and a message (argparse's way)."""
+    env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(prog="idt-clock", description=__doc__.splitlines()[0])
-    p.add_argument("--redis-url", required=True)
+    p.add_argument(
+        "--redis-url",
+        default=next((env[name] for name in URL_ENV if env.get(name)), None),
+        help=f"default: ${URL_ENV[0]} or ${URL_ENV[1]}",
+    )
+    p.add_argument(
+        "--redis-username",
+        default=env.get(USERNAME_ENV) or None,
+        help=f"Redis ACL user (default: ${USERNAME_ENV})",
+    )
+    p.add_argument(
+        "--redis-password-file",
+        type=Path,
+        default=Path(env[PASSWORD_FILE_ENV]) if env.get(PASSWORD_FILE_ENV) else None,
+        help=f"a file holding the user's password (default: ${PASSWORD_FILE_ENV})",
+    )
     p.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
     args = p.parse_args(argv)
+    if not args.redis_url:
+        p.error(f"give --redis-url, or set {' or '.join(URL_ENV)}")
     if args.interval <= 0:
         p.error("--interval must be positive")
+    try:
+        url = redis_url_with_credentials(
+            args.redis_url, args.redis_username, args.redis_password_file
+        )
+    except ValueError as exc:
+        p.error(str(exc))
+    return url, args.interval
+
+
+def main(argv: list[str] | None = None) -> int:
+    url, interval = parse_args(argv)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -98,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     try:
-        published = run(client, args.interval, stop, log=lambda line: print(line, flush=True))
+        published = run(client, interval, stop, log=lambda line: print(line, flush=True))
     finally:
         client.close()
     print(f"clock: stopped after {published} tick(s)", flush=True)
