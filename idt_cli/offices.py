@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ import redis
 
 from idt_contract import entry_fields
 from idt_contract.events import OfficeRegistered
+from idt_runtime.settings import redis_url_with_credentials
 
 from .registry import STREAM, RegistryParse, parse_offices
 
@@ -43,8 +45,16 @@ def read_registry(path: Path, *, time: datetime) -> RegistryParse:
 
 
 def connect(url: str) -> redis.Redis:
-    """A client that has answered PING."""
+    """A client that has answered PING. Under Redis ACLs (deploy/redis/) the user
+    and its password file come from `IDT_REDIS_USERNAME` and
+    `IDT_REDIS_PASSWORD_FILE`, as for the services: no password on a command line."""
+    password_file = os.environ.get("IDT_REDIS_PASSWORD_FILE") or None
     try:
+        url = redis_url_with_credentials(
+            url,
+            os.environ.get("IDT_REDIS_USERNAME") or None,
+            Path(password_file) if password_file else None,
+        )
         client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {redact_url(url)}: {exc}") from None

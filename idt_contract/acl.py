@@ -76,14 +76,14 @@ import re
 import secrets as _secrets
 import sys
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .events import EVENT_TYPES
-from .export import SERVICES
+from .export import SERVICES, consumed_streams
 from .streams import DEAD_LETTERS, alerts_stream, outbox_run_key, stream_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,26 +214,6 @@ def _glob(stream: str) -> str:
 # --------------------------------------------------------------------------- from the code
 
 
-def _appliers(name: str, mod: Any) -> Mapping[str, Any]:
-    appliers = getattr(mod, "APPLIERS", None)
-    if isinstance(appliers, Mapping):
-        return appliers
-    # The scheduler binds its appliers to its configuration: `Scheduler().appliers()`.
-    for obj in vars(mod).values():
-        if (
-            isinstance(obj, type)
-            and obj.__module__ == mod.__name__
-            and callable(getattr(obj, "appliers", None))
-        ):
-            found = obj().appliers()
-            if isinstance(found, Mapping):
-                return found
-    raise AclError(
-        f"services.{name}.handlers has neither APPLIERS nor a class with appliers(): "
-        "cannot tell which streams it consumes"
-    )
-
-
 def service_io() -> dict[str, dict[str, list[str]]]:
     """{service: {"receives": [stream...], "sends": [stream or pattern...]}} read from
     each service's handlers (the same sources as `idt_contract.export`)."""
@@ -245,7 +225,13 @@ def service_io() -> dict[str, dict[str, list[str]]]:
             mod = importlib.import_module(f"services.{name}.handlers")
         except ModuleNotFoundError as exc:
             raise AclError(f"cannot import services.{name}.handlers: {exc}") from None
-        receives = sorted(_appliers(name, mod))
+        consumed = consumed_streams(mod)
+        if consumed is None:
+            raise AclError(
+                f"services.{name}.handlers has neither APPLIERS nor a class with appliers(): "
+                "cannot tell which streams it consumes"
+            )
+        receives = sorted(consumed)
         sends = sorted(getattr(mod, "PUBLISHES", ()))
         io[name] = {"receives": receives, "sends": sends}
     return io

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,29 @@ def _service_io() -> dict[str, dict[str, list[str]]]:
             mod = importlib.import_module(f"services.{name}.handlers")
         except ModuleNotFoundError:
             continue
-        receives = sorted(getattr(mod, "APPLIERS", {}))
+        receives = sorted(consumed_streams(mod) or ())
         sends = sorted(getattr(mod, "PUBLISHES", ()))
         io[name] = {"receives": receives, "sends": sends}
     return io
+
+
+def consumed_streams(mod: Any) -> list[str] | None:
+    """The streams a service's handlers module consumes: its `APPLIERS`, or those of
+    a class there with `appliers()` (the scheduler binds its appliers to its
+    configuration: `Scheduler().appliers()`). None when it has neither."""
+    appliers = getattr(mod, "APPLIERS", None)
+    if isinstance(appliers, Mapping):
+        return list(appliers)
+    for obj in vars(mod).values():
+        if (
+            isinstance(obj, type)
+            and obj.__module__ == mod.__name__
+            and callable(getattr(obj, "appliers", None))
+        ):
+            found = obj().appliers()
+            if isinstance(found, Mapping):
+                return list(found)
+    return None
 
 
 def asyncapi() -> dict[str, Any]:

@@ -21,9 +21,11 @@ class RuntimeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IDT_", extra="ignore")
 
     environment: Literal["development", "test", "production"] = "development"
+    # Both URLs may hold a password: kept out of repr (logs, tracebacks).
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("IDT_REDIS_URL", "REDIS_URL"),
+        repr=False,
     )
     #: Redis ACL credentials (deploy/redis/): the user, and a file holding its
     #: password (a Compose or Kubernetes secret). Both are put into `redis_url`.
@@ -33,6 +35,7 @@ class RuntimeSettings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("IDT_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL; default: a SQLite file per service under var_dir.",
+        repr=False,
     )
     var_dir: Path = Path("var")
     #: The consumer name is `<service>-<host>-<slot>`. `idt up` and deployments set

@@ -516,3 +516,23 @@ def test_the_pipeline_runs_with_every_process_as_its_own_user(
     for where, text in texts.items():
         leaked = [user for user, pw in passwords.items() if pw in text]
         assert not leaked, f"the password of {leaked} appears in the {where}"
+
+
+def test_the_cli_logs_in_as_its_user_from_the_environment(
+    acl_server: AclServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`idt offices load` and `idt replay` connect as the user the environment
+    names, with the password from a file: none on the command line."""
+    from idt_cli.offices import RedisUnavailable, connect
+
+    monkeypatch.setenv("IDT_REDIS_USERNAME", "registry")
+    monkeypatch.setenv("IDT_REDIS_PASSWORD_FILE", str(acl_server.passwords / "registry"))
+    client = connect(acl_server.url)  # PINGs; the default user is off
+    client.xadd(stream_for("office-registered"), {"__data__": b"{}"})
+    assert denied(lambda: client.xadd(stream_for("claim-registered"), {"__data__": b"{}"}))
+    client.close()
+    (tmp_path / "wrong").write_text("not-the-password")
+    monkeypatch.setenv("IDT_REDIS_PASSWORD_FILE", str(tmp_path / "wrong"))
+    with pytest.raises(RedisUnavailable) as refused:
+        connect(acl_server.url)
+    assert "not-the-password" not in str(refused.value)

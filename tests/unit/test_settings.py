@@ -39,3 +39,14 @@ def test_a_missing_or_empty_password_file_is_a_clear_error(tmp_path):
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ValidationError, match="is empty"):
         RuntimeSettings(redis_username="u", redis_password_file=tmp_path / "empty")
+
+
+def test_passwords_stay_out_of_the_settings_repr(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2-redis")
+    s = RuntimeSettings(
+        redis_username="scoring",
+        redis_password_file=secret,
+        database_url="postgresql+psycopg://idt:hunter2-pg@db/idt",
+    )
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s)
