@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .events import EVENT_TYPES, Envelope, Event
+from .events import EVENT_TYPES, NINO_IN_TEXT, Envelope, Event
 from .streams import DATA_FIELD, DATA_FIELD_B, type_of_stream
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
@@ -20,7 +20,12 @@ MAX_EVENT_BYTES = 64 * 1024
 
 
 class DecodeError(ValueError):
-    """The entry is not a valid event of the contract; `str(err)` is the reason."""
+    """The entry is not a valid event of the contract; `str(err)` is the reason.
+    Anything in it shaped like an NI number (quoted from the input) is masked:
+    reasons go to the dead letters and the logs."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(NINO_IN_TEXT.sub("[NI-NUMBER-REDACTED]", reason))
 
 
 def encode(event: Envelope) -> bytes:
@@ -47,7 +52,12 @@ def _format_errors(err: ValidationError) -> str:
 def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
     """Validate one CloudEvent JSON document against the contract."""
     if isinstance(raw, str):
-        raw = raw.encode()
+        try:
+            raw = raw.encode()
+        except UnicodeEncodeError as exc:
+            raise DecodeError(
+                f"event text has no UTF-8 form ({exc.reason} at character {exc.start})"
+            ) from None
     if len(raw) > MAX_EVENT_BYTES:
         raise DecodeError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
     try:
@@ -63,6 +73,9 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
         raise DecodeError(
             f"__data__ is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
         ) from None
+    except (ValueError, RecursionError) as exc:
+        # Integers over CPython's 4,300 digits; nesting deeper than the stack.
+        raise DecodeError(f"__data__ is not usable JSON: {str(exc)[:200]}") from None
     if not isinstance(doc, dict):
         raise DecodeError("__data__ is not a JSON object (a CloudEvent is an object)")
     etype = doc.get("type")
@@ -77,6 +90,8 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
         return cls.model_validate_json(raw)
     except ValidationError as exc:
         raise DecodeError(f"invalid {etype}: {_format_errors(exc)}") from None
+    except Exception as exc:  # a validator failing otherwise than by ValueError
+        raise DecodeError(f"invalid {etype}: {type(exc).__name__}: {str(exc)[:200]}") from None
 
 
 def decode_entry(stream: str, fields: dict[bytes, bytes]) -> Envelope:

@@ -344,7 +344,10 @@ class ClaimCleared(_Envelope):
     def _not_cleared_before_received(self) -> ClaimCleared:
         from zoneinfo import ZoneInfo
 
-        cleared = self.time.astimezone(ZoneInfo("Europe/London")).date()
+        try:
+            cleared = self.time.astimezone(ZoneInfo("Europe/London")).date()
+        except OverflowError:
+            raise ValueError("time has no date in London (outside years 1 to 9999)") from None
         if cleared < self.data.received_date:
             raise ValueError(
                 f"cleared on {cleared} (London date of `time`), before its "

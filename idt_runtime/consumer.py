@@ -295,11 +295,12 @@ class EventConsumer:
             pipe.xack(stream, self.group, *ids)
             await pipe.execute()
         for entry, reason in dead:
-            log.warning("%s: dead-lettered %s %s: %s", self.service, stream, entry.entry_id, reason)
+            masked = NINO_IN_TEXT.sub("[NI-NUMBER-REDACTED]", reason)
+            log.warning("%s: dead-lettered %s %s: %s", self.service, stream, entry.entry_id, masked)
 
     def _dead_letter_fields(self, entry: RawEntry, reason: str) -> dict[Any, Any]:
         fields: dict[Any, Any] = {
-            "reason": reason,
+            "reason": NINO_IN_TEXT.sub("[NI-NUMBER-REDACTED]", reason),
             "source_stream": entry.stream,
             "entry_id": entry.entry_id,
             "group": self.group,
@@ -311,8 +312,9 @@ class EventConsumer:
         redacted = 0
         for key, value in entry.fields.items():
             clean, n = _NINO_BYTES.subn(b"[NI-NUMBER-REDACTED]", value)
-            redacted += n
-            fields[b"original:" + key] = clean
+            clean_key, m = _NINO_BYTES.subn(b"[NI-NUMBER-REDACTED]", key)
+            redacted += n + m
+            fields[b"original:" + clean_key] = clean
         if redacted:
             fields["original_redacted"] = str(redacted)
         return fields

@@ -6,16 +6,17 @@ from every `claim-cleared` on the bus."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from idt_contract.events import ClaimId, ClearanceOutcome, OfficeId
+from idt_contract.events import NINO_IN_TEXT, ClaimId, ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
@@ -39,6 +40,40 @@ SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
 
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(value: Any) -> Any:
+    # Pydantic would read 0 or "86400" as a Unix time: a date is ISO 8601 text.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError(
+            "must be ISO 8601 text (YYYY-MM-DD, or a date-time with offset), not a number"
+        )
+    return value
+
+
+def _in_london_calendar(value: datetime) -> datetime:
+    # The service takes the London date of every moment: it must exist.
+    try:
+        london_date(value)
+    except OverflowError:
+        raise ValueError("is outside the calendar (years 1 to 9999 in London time)") from None
+    return value
+
+
+def _not_a_nino(value: str) -> str:
+    # No such claim can exist (the contract refuses it) and it must not be echoed.
+    if NINO_IN_TEXT.search(value):
+        raise ValueError("claim_id contains a National Insurance number; use a claim reference")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_not_a_number)]
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_london_calendar)
+]
+PathClaimId = Annotated[ClaimId, AfterValidator(_not_a_nino)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,30 +81,30 @@ class _Strict(BaseModel):
 
 class ReceivedIn(_Strict):
     bdc_id: OfficeId = Field(description="The registered BDC that received the claim.")
-    received_date: date = Field(description="When the BDC received the claim (AACT starts here).")
-    occurred_at: AwareDatetime | None = Field(
+    received_date: Day = Field(description="When the BDC received the claim (AACT starts here).")
+    occurred_at: Moment | None = Field(
         default=None, description="When the receipt is recorded; default: now."
     )
 
 
 class EvidenceRequestIn(_Strict):
     kind: EvidenceKind
-    requested_date: date | None = Field(
+    requested_date: Day | None = Field(
         default=None, description="Default: the London date of occurred_at (or now)."
     )
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Moment | None = None
 
 
 class EvidenceReceivedIn(_Strict):
-    received_date: date | None = Field(
+    received_date: Day | None = Field(
         default=None, description="Default: the London date of occurred_at (or now)."
     )
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Moment | None = None
 
 
 class ClearanceIn(_Strict):
     outcome: ClearanceOutcome
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Moment | None = Field(
         default=None,
         description="The decision's moment: the `time` of `claim-cleared`; its London "
         "date is the cleared date. Default: now.",
@@ -214,12 +249,15 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         "/claims/{claim_id}/received",
         status_code=201,
         response_model=ClaimStatusOut,
-        responses=_responses(409, 422),
+        responses={
+            200: {"model": ClaimStatusOut, "description": "The very same receipt again"},
+            **_responses(409, 422),
+        },
         summary="Record that a BDC received a claim",
         tags=["intake"],
     )
     async def claim_received(
-        claim_id: ClaimId, body: ReceivedIn, response: Response
+        claim_id: PathClaimId, body: ReceivedIn, response: Response
     ) -> ClaimStatusOut:
         """Record that a BDC received the claim (201); repeating the very same receipt
         is harmless (200)."""
@@ -242,7 +280,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         summary="Request evidence for a received claim",
         tags=["intake"],
     )
-    async def evidence_requested(claim_id: ClaimId, body: EvidenceRequestIn) -> ClaimStatusOut:
+    async def evidence_requested(claim_id: PathClaimId, body: EvidenceRequestIn) -> ClaimStatusOut:
         """Ask for evidence (medical evidence, SSP1, employment details, an NI account
         problem); the claim is AWAITING_EVIDENCE until it arrives."""
         recorded_on = london_date(now(body.occurred_at))
@@ -263,7 +301,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         tags=["intake"],
     )
     async def evidence_received(
-        claim_id: ClaimId, kind: EvidenceKind, body: EvidenceReceivedIn
+        claim_id: PathClaimId, kind: EvidenceKind, body: EvidenceReceivedIn
     ) -> ClaimStatusOut:
         """Record that outstanding evidence of this kind arrived."""
         recorded_on = london_date(now(body.occurred_at))
@@ -284,7 +322,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         summary="Clear a claim (publishes claim-cleared)",
         tags=["intake"],
     )
-    async def clearance(claim_id: ClaimId, body: ClearanceIn) -> ClearanceOut:
+    async def clearance(claim_id: PathClaimId, body: ClearanceIn) -> ClearanceOut:
         """Decide the claim (ELIGIBLE or DISALLOWED); publishes `claim-cleared`
         through the outbox."""
         cmd = handlers.ClearClaim(
@@ -303,9 +341,9 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         tags=["queries"],
     )
     def claim_status(
-        claim_id: ClaimId,
+        claim_id: PathClaimId,
         as_of: Annotated[
-            date | None,
+            Day | None,
             Query(description="Business date for working days elapsed; default: today"),
         ] = None,
     ) -> ClaimStatusOut:

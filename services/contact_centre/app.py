@@ -4,15 +4,24 @@ that keeps a view of every claim's markers, and the live JP process report."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from sqlmodel import Session
 
-from idt_contract.events import Benefit, ClaimId, MarkerName, OfficeId
+from idt_contract.events import NINO_IN_TEXT, Benefit, ClaimId, MarkerName, OfficeId
 from idt_domain.calendar import london_date
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
@@ -47,13 +56,45 @@ SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
 
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _not_a_number(value: Any) -> Any:
+    # Pydantic would read 0 or "86400" as a Unix time: a date is ISO 8601 text.
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError(
+            "must be ISO 8601 text (YYYY-MM-DD, or a date-time with offset), not a number"
+        )
+    return value
+
+
+def _in_london_calendar(value: datetime) -> datetime:
+    # Consumers take the London date of every event's time: it must exist.
+    try:
+        london_date(value)
+    except OverflowError:
+        raise ValueError("is outside the calendar (years 1 to 9999 in London time)") from None
+    return value
+
+
+def _not_a_nino(value: str) -> str:
+    if NINO_IN_TEXT.search(value):
+        raise ValueError("claim_id contains a National Insurance number; use a claim reference")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_not_a_number)]
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_london_calendar)
+]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ClaimIn(_Strict):
-    claim_id: ClaimId | None = Field(
+    claim_id: Annotated[ClaimId, AfterValidator(_not_a_nino)] | None = Field(
         default=None, description="Optional; a new id is generated when absent."
     )
     nino: str = Field(
@@ -63,7 +104,7 @@ class ClaimIn(_Strict):
         examples=["JT123456C"],
     )
     benefit: Benefit
-    claim_start_date: date
+    claim_start_date: Day
     contact_centre_id: OfficeId
     jobcentre_id: OfficeId = Field(
         description="Mandatory JOBCENTRE marker: the Jobcentre that owns the customer."
@@ -71,7 +112,7 @@ class ClaimIn(_Strict):
     primary_benefit: str | None = Field(
         default=None, description="PRIMARY_BENEFIT marker; defaults to the benefit's own."
     )
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Moment | None = Field(
         default=None, description="When the FCO registered the claim; default: now."
     )
 
@@ -92,7 +133,7 @@ class MarkerIn(_Strict):
     source_office: OfficeId | None = Field(
         default=None, description="The office making the change; default: the claim's CC."
     )
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Moment | None = None
 
 
 class MarkerOut(BaseModel):
@@ -123,6 +164,21 @@ class ReportOut(BaseModel):
     rows: list[ReportRowOut]
 
 
+class ErrorItemOut(BaseModel):
+    loc: list[str | int] = Field(description='Where the problem is, e.g. ["body", "nino"].')
+    msg: str = Field(description="What is wrong and what to fix, in words.")
+    type: str
+
+
+class ErrorOut(BaseModel):
+    detail: list[ErrorItemOut]
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {404: "Unknown claim", 409: "The claim id is already registered", 422: "Invalid input"}
+    return {code: {"model": ErrorOut, "description": text[code]} for code in codes}
+
+
 def _error(status: int, field: str, message: str, *, loc: str = "body") -> HTTPException:
     return HTTPException(
         status_code=status, detail=[{"loc": [loc, field], "msg": message, "type": "invalid"}]
@@ -144,7 +200,13 @@ def create_app(
     def now(value: datetime | None) -> datetime:
         return value or runtime.clock.now()
 
-    @router.post("/claims", status_code=201, response_model=ClaimOut, tags=["intake"])
+    @router.post(
+        "/claims",
+        status_code=201,
+        response_model=ClaimOut,
+        responses=_responses(409, 422),
+        tags=["intake"],
+    )
     async def register_claim(body: ClaimIn) -> ClaimOut:
         """Register a claim with both JP markers; publishes `claim-registered` and two
         `marker-set` events."""
@@ -178,7 +240,12 @@ def create_app(
             events=[EventRef(id=e.id, type=e.type) for e in events],
         )
 
-    @router.put("/claims/{claim_id}/markers/{marker}", response_model=MarkerOut, tags=["intake"])
+    @router.put(
+        "/claims/{claim_id}/markers/{marker}",
+        response_model=MarkerOut,
+        responses=_responses(404, 422),
+        tags=["intake"],
+    )
     async def set_marker(claim_id: ClaimId, marker: MarkerName, body: MarkerIn) -> MarkerOut:
         """Change one JP marker; publishes `marker-set` when the value changes."""
         cmd = handlers.SetMarker(
@@ -210,7 +277,7 @@ def create_app(
 
     @router.get("/reports/jp-process", response_model=ReportOut, tags=["reports"])
     def jp_process_report(
-        as_of: Annotated[date | None, Query(description="Business date; default today")] = None,
+        as_of: Annotated[Day | None, Query(description="Business date; default today")] = None,
         contact_centre_id: OfficeId | None = None,
         eligible_only: bool = False,
     ) -> ReportOut:

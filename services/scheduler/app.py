@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from prometheus_client.core import GaugeMetricFamily, Metric
-from pydantic import Field
+from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from idt_contract.events import ClaimId, OfficeId
@@ -25,6 +25,19 @@ from .models import PREFIX, TABLES
 NAME = "scheduler"
 
 SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
+
+
+class ErrorItemOut(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    detail: list[ErrorItemOut]
+
+
+NOT_FOUND: dict[str, Any] = {"model": ErrorOut, "description": "Unknown claim"}
 
 
 class SchedulerSettings(RuntimeSettings):
@@ -89,14 +102,17 @@ def create_app(settings: SchedulerSettings | None = None, clock: Clock | None = 
         assert runtime.engine is not None
         return Session(runtime.engine)
 
-    @router.get("/claims/{claim_id}", tags=["queries"])
+    @router.get("/claims/{claim_id}", tags=["queries"], responses={404: NOT_FOUND})
     def claim(claim_id: ClaimId) -> dict[str, Any]:
         """A claim's timeline, its windows on both bases with outcomes, and for each
         MISSED window the stage that consumed the time."""
         with session() as s:
             view = handlers.claim_view(s, claim_id)
         if view is None:
-            raise HTTPException(404, f"claim {claim_id!r} is not known to the scheduler")
+            msg = f"claim {claim_id!r} is not known to the scheduler"
+            raise HTTPException(
+                404, [{"loc": ["path", "claim_id"], "msg": msg, "type": "not_found"}]
+            )
         return view
 
     @router.get("/jobcentres/{office_id}/windows", tags=["queries"])
