@@ -38,7 +38,7 @@ from tests.stack import SERVICES, Quiet, Stack, alert_ids, dead_letters, outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
-CLAIMS = 150
+CLAIMS = 100
 
 
 def _log(tmp_path: Path, seed: int) -> tuple[Path, dict, list[str]]:

@@ -23,7 +23,7 @@ from tests.stack import SERVICES, Quiet, Stack, alert_ids, dead_letters, outcome
 
 pytestmark = pytest.mark.integration
 
-CLAIMS = 200
+CLAIMS = 100
 
 
 @pytest.mark.timeout(400)

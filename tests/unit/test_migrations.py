@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
-import time
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -39,16 +39,16 @@ def test_migrations_match_the_models(service, tmp_path, database_url):
     assert diff == [], f"models and migrations of {service} differ; run idt_runtime.revision"
 
 
-def _replica(url: str, service: str, start_at: float) -> str:
-    """One replica process starting: migrate its service, at a shared moment."""
+def _replica(url: str, service: str, start: Any, results: Any) -> None:
+    """One replica process starting: migrate its service once all are ready."""
     spec = importlib.import_module(f"services.{service}.app").SPEC
     engine = make_engine(url)
-    time.sleep(max(0.0, start_at - time.time()))
+    start.wait(60)
     try:
         migrate(engine, spec.migrations, f"{spec.prefix}_alembic_version")
-        return "ok"
+        results.put("ok")
     except Exception as exc:
-        return f"{service}: {exc!r}"
+        results.put(f"{service}: {exc!r}")
     finally:
         engine.dispose()
 
@@ -59,11 +59,14 @@ def test_replicas_starting_together_migrate_in_turn(tmp_path, database_url):
     url = database_url or f"sqlite:///{tmp_path}/shared.db"
     jobs = [s for s in SERVICES for _replica_no in range(2)]
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(len(jobs)) as pool:
-        # Every process imports first, then all migrate within the same few ms.
-        start_at = time.time() + 6
-        results = pool.starmap(_replica, [(url, s, start_at) for s in jobs])
-    assert results == ["ok"] * len(jobs)
+    start, results = ctx.Barrier(len(jobs)), ctx.Queue()
+    procs = [ctx.Process(target=_replica, args=(url, s, start, results)) for s in jobs]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in jobs]
+    for p in procs:
+        p.join(30)
+    assert outcomes == ["ok"] * len(jobs)
     engine = make_engine(url)
     with engine.connect() as conn:
         for service in SERVICES:
