@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any, TypeVar
 
+from sqlalchemy import insert, select, update
 from sqlmodel import Session, SQLModel
 
 from idt_contract import Envelope
@@ -40,6 +41,67 @@ def upsert_latest(
     session.add(row)
     session.flush()
     return row
+
+
+E = TypeVar("E", bound=Envelope)
+
+
+def all_of(events: Sequence[Envelope], kind: type[E]) -> list[E]:
+    """The events, typed: an applier is only ever given its stream's type."""
+    out: list[E] = []
+    for ev in events:
+        if not isinstance(ev, kind):
+            raise TypeError(f"expected {kind.__name__}, got {type(ev).__name__}")
+        out.append(ev)
+    return out
+
+
+Key = Any  # a primary-key value, or a tuple of them for a composite key
+
+
+def upsert_latest_many(
+    session: Session, model: type[SQLModel], items: Iterable[tuple[Key, Envelope, dict[str, Any]]]
+) -> list[tuple[Any, ...]]:
+    """`upsert_latest` for a whole batch in three statements: one SELECT (rows
+    locked FOR UPDATE on PostgreSQL), one bulk INSERT, one bulk UPDATE by primary
+    key. Within the batch the latest event per key wins, as it would one by one.
+    Returns the keys (as tuples) whose row was written. Rows written here are not
+    in the session's identity map: read them with a query, not `session.get`."""
+    table = model.__table__  # type: ignore[attr-defined]
+    pk_cols = list(table.primary_key.columns)
+    names = [c.name for c in pk_cols]
+    best: dict[tuple[Any, ...], tuple[tuple[str, str], dict[str, Any]]] = {}
+    for key, event, values in items:
+        k = key if isinstance(key, tuple) else (key,)
+        order = (utc_key(event.time), event.id)
+        held = best.get(k)
+        if held is None or supersedes(order, held[0]):
+            best[k] = (order, values)
+    if not best:
+        return []
+    # Narrowed by the first key column (portable; composite keys filtered below).
+    firsts = sorted({k[0] for k in best})
+    found = session.execute(
+        select(*pk_cols, table.c.time_key, table.c.event_id)
+        .where(pk_cols[0].in_(firsts))
+        .order_by(*pk_cols)
+        .with_for_update()
+    ).all()
+    existing = {tuple(r[: len(pk_cols)]): (r[-2], r[-1]) for r in found}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for k, (order, values) in best.items():
+        held_order = existing.get(k)
+        if held_order is not None and not supersedes(order, held_order):
+            continue
+        row = {**dict(zip(names, k, strict=True)), **values}
+        row["time_key"], row["event_id"] = order
+        (updates if held_order is not None else inserts).append(row)
+    if inserts:
+        session.execute(insert(model), inserts)
+    if updates:
+        session.execute(update(model), updates)
+    return [tuple(r[n] for n in names) for r in (*inserts, *updates)]
 
 
 def advance_clock(

@@ -49,6 +49,19 @@ def add_to_outbox(
         session.execute(insert(tables.outbox), rows)
 
 
+def add_routed_to_outbox(
+    session: Session, tables: RuntimeTables, routed: Iterable[tuple[Envelope, str]]
+) -> None:
+    """Queue (event, stream) pairs in one insert, inside the caller's transaction."""
+    created = datetime.now(UTC)  # operator audit stamp, not a business date
+    rows = [
+        {"event_id": ev.id, "stream": stream, "payload": encode(ev), "created_at": created}
+        for ev, stream in routed
+    ]
+    if rows:
+        session.execute(insert(tables.outbox), rows)
+
+
 class OutboxRelay:
     """Publishes a service's outbox in `seq` order.
 

@@ -22,7 +22,8 @@ from idt_contract.events import (
 )
 from idt_domain.calendar import london_date, utc_key
 from idt_runtime.consumer import Applier, Reject
-from idt_runtime.latest import upsert_latest
+from idt_runtime.latest import all_of as _all
+from idt_runtime.latest import upsert_latest_many
 from idt_runtime.outbox import add_to_outbox
 
 from . import domain
@@ -33,21 +34,21 @@ from .models import TABLES, BdcClearance, BdcEvidence, BdcIntake, BdcOffice, Bdc
 
 
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, OfficeRegistered)
-        d = ev.data
-        upsert_latest(session, BdcOffice, d.office_id, ev, kind=d.kind.value, name=d.name)
+    upsert_latest_many(session, BdcOffice, (
+        (ev.data.office_id, ev, {"kind": ev.data.kind.value, "name": ev.data.name})
+        for ev in _all(events, OfficeRegistered)
+    ))  # fmt: skip
 
 
 def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, ClaimRegistered)
-        d = ev.data
-        upsert_latest(
-            session, BdcRegisteredClaim, d.claim_id, ev,
-            benefit=d.benefit.value, claim_start_date=d.claim_start_date,
-            contact_centre_id=d.contact_centre_id, registered_date=london_date(ev.time),
-        )  # fmt: skip
+    upsert_latest_many(session, BdcRegisteredClaim, (
+        (ev.data.claim_id, ev, {
+            "benefit": ev.data.benefit.value, "claim_start_date": ev.data.claim_start_date,
+            "contact_centre_id": ev.data.contact_centre_id,
+            "registered_date": london_date(ev.time),
+        })
+        for ev in _all(events, ClaimRegistered)
+    ))  # fmt: skip
 
 
 def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
@@ -56,8 +57,8 @@ def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
 
     A clearance dated before its own received_date is impossible (the contract
     already refuses it); the guard raises `Reject`, a dead letter at once."""
-    for ev in events:
-        assert isinstance(ev, ClaimCleared)
+    rows = []
+    for ev in _all(events, ClaimCleared):
         d = ev.data
         cleared_date = london_date(ev.time)
         try:
@@ -65,11 +66,11 @@ def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
         except domain.Refused as exc:
             # The contract already refuses these; kept as a guard, never retried.
             raise Reject(f"claim-cleared {ev.id!r} for {d.claim_id!r}: {exc}") from None
-        upsert_latest(
-            session, BdcClearance, d.claim_id, ev,
-            bdc_id=d.bdc_id, outcome=d.outcome.value, received_date=d.received_date,
-            cleared_date=cleared_date,
-        )  # fmt: skip
+        rows.append((d.claim_id, ev, {
+            "bdc_id": d.bdc_id, "outcome": d.outcome.value, "received_date": d.received_date,
+            "cleared_date": cleared_date,
+        }))  # fmt: skip
+    upsert_latest_many(session, BdcClearance, rows)
 
 
 APPLIERS: dict[str, Applier] = {

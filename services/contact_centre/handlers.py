@@ -23,7 +23,8 @@ from idt_contract.events import (
     OfficeRegistered,
 )
 from idt_domain.calendar import london_date
-from idt_runtime.latest import upsert_latest
+from idt_runtime.latest import all_of as _all
+from idt_runtime.latest import upsert_latest_many
 from idt_runtime.outbox import add_to_outbox
 
 from . import domain
@@ -33,38 +34,38 @@ from .models import TABLES, CcClaim, CcClearance, CcIntake, CcMarker, CcOffice
 
 
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, OfficeRegistered)
-        d = ev.data
-        upsert_latest(session, CcOffice, d.office_id, ev, kind=d.kind.value, name=d.name,
-                      district=d.district, region=d.region)  # fmt: skip
+    upsert_latest_many(session, CcOffice, (
+        (ev.data.office_id, ev, {"kind": ev.data.kind.value, "name": ev.data.name,
+                                 "district": ev.data.district, "region": ev.data.region})
+        for ev in _all(events, OfficeRegistered)
+    ))  # fmt: skip
 
 
 def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, ClaimRegistered)
-        d = ev.data
-        upsert_latest(
-            session, CcClaim, d.claim_id, ev,
-            customer_ref=d.customer_ref, benefit=d.benefit.value,
-            claim_start_date=d.claim_start_date, contact_centre_id=d.contact_centre_id,
-            registered_date=london_date(ev.time),
-        )  # fmt: skip
+    upsert_latest_many(session, CcClaim, (
+        (ev.data.claim_id, ev, {
+            "customer_ref": ev.data.customer_ref, "benefit": ev.data.benefit.value,
+            "claim_start_date": ev.data.claim_start_date,
+            "contact_centre_id": ev.data.contact_centre_id,
+            "registered_date": london_date(ev.time),
+        })
+        for ev in _all(events, ClaimRegistered)
+    ))  # fmt: skip
 
 
 def apply_markers(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, MarkerSet)
-        d = ev.data
-        upsert_latest(session, CcMarker, (d.claim_id, d.marker.value), ev, value=d.value)
+    upsert_latest_many(session, CcMarker, (
+        ((ev.data.claim_id, ev.data.marker.value), ev, {"value": ev.data.value})
+        for ev in _all(events, MarkerSet)
+    ))  # fmt: skip
 
 
 def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, ClaimCleared)
-        d = ev.data
-        upsert_latest(session, CcClearance, d.claim_id, ev, outcome=d.outcome.value,
-                      bdc_id=d.bdc_id, cleared_date=london_date(ev.time))  # fmt: skip
+    upsert_latest_many(session, CcClearance, (
+        (ev.data.claim_id, ev, {"outcome": ev.data.outcome.value, "bdc_id": ev.data.bdc_id,
+                                "cleared_date": london_date(ev.time)})
+        for ev in _all(events, ClaimCleared)
+    ))  # fmt: skip
 
 
 APPLIERS = {

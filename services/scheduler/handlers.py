@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, insert
 from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, decode, make_event, stream_for
@@ -33,7 +34,7 @@ from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
-from idt_runtime.outbox import add_to_outbox
+from idt_runtime.outbox import add_routed_to_outbox
 
 from .alerts import AlertConfig, alerts_for, next_check
 from .domain import ClaimHistory, RulesConfig, Status, Window, attribute, evaluate
@@ -75,6 +76,9 @@ def _time_of(key: str) -> datetime:
     return datetime.strptime(key, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
+#: Claims re-evaluated per round of bulk queries.
+RECOMPUTE_CHUNK = 500
+
 #: Business time and the office registry: what every claim's evaluation reads.
 STATE_SCOPE = "scheduler:business-time-and-registry"
 
@@ -82,11 +86,6 @@ STATE_SCOPE = "scheduler:business-time-and-registry"
 def business_date(session: Session) -> date | None:
     clock = session.get(SchClock, 1)
     return clock.as_of if clock else None
-
-
-def _business_time(session: Session, fallback: datetime) -> datetime:
-    clock = session.get(SchClock, 1)
-    return _time_of(clock.time_key) if clock else fallback
 
 
 def office_kinds(session: Session) -> dict[str, str]:
@@ -104,15 +103,23 @@ def short_id(prefix: str, text: str, n: int = 40) -> str:
     return f"{prefix}:{hashlib.sha256(text.encode()).hexdigest()[:n]}"
 
 
-def _lock_claim(session: Session, claim_id: str) -> SchClaim:
-    row = session.exec(
-        select(SchClaim).where(SchClaim.claim_id == claim_id).with_for_update()
-    ).first()
-    if row is None:
-        row = SchClaim(claim_id=claim_id)
-        session.add(row)
+def _lock_claims(session: Session, claim_ids: Sequence[str]) -> dict[str, SchClaim]:
+    """The claims' rows, locked (FOR UPDATE, in id order), created where missing."""
+    rows = {
+        c.claim_id: c
+        for c in session.exec(
+            select(SchClaim)
+            .where(col(SchClaim.claim_id).in_(claim_ids))
+            .order_by(SchClaim.claim_id)
+            .with_for_update()
+        ).all()
+    }
+    missing = [SchClaim(claim_id=c) for c in claim_ids if c not in rows]
+    if missing:
+        session.add_all(missing)
         session.flush()
-    return row
+        rows.update((c.claim_id, c) for c in missing)
+    return rows
 
 
 def load_history(session: Session, claim_id: str) -> tuple[ClaimHistory, list[Envelope]]:
@@ -141,21 +148,24 @@ class Scheduler:
         # `recompute`), but never beside a change of business time or registry.
         lock_scope(session, STATE_SCOPE, exclusive=False)
         claims: dict[str, None] = {}
+        rows: dict[str, dict[str, Any]] = {}
         for ev in events:
             claim_id: str = ev.data.claim_id  # type: ignore[attr-defined]
-            # The claim's row is locked in `recompute`, before its events are read.
-            if session.get(SchEvent, ev.id) is None:
-                session.add(
-                    SchEvent(
-                        event_id=ev.id,
-                        claim_id=claim_id,
-                        type=ev.type,
-                        time_key=utc_key(ev.time),
-                        payload=ev.model_dump_json(exclude_none=True).encode(),
-                    )
-                )
             claims[claim_id] = None
-        session.flush()
+            rows[ev.id] = {
+                "event_id": ev.id,
+                "claim_id": claim_id,
+                "type": ev.type,
+                "time_key": utc_key(ev.time),
+                "payload": ev.model_dump_json(exclude_none=True).encode(),
+            }
+        have = set(
+            session.exec(select(SchEvent.event_id).where(col(SchEvent.event_id).in_(list(rows))))
+        )
+        fresh = [row for event_id, row in rows.items() if event_id not in have]
+        if fresh:
+            # The claims' rows are locked in `recompute_many`, before their events are read.
+            session.execute(insert(SchEvent), fresh)
         self.recompute_many(session, claims)
 
     def apply_offices(self, session: Session, events: Sequence[Envelope]) -> None:
@@ -200,39 +210,56 @@ class Scheduler:
     # ------------------------------------------------------------------ recompute
 
     def recompute_many(self, session: Session, claim_ids: Iterable[str]) -> None:
+        """Re-evaluate claims from all their events, a chunk at a time: one query
+        each for the claims (locked), their events, windows and sent alerts, and
+        one insert into the outbox."""
+        ids = sorted(set(claim_ids))  # one order everywhere: replicas never deadlock
+        if not ids:
+            return
         as_of = business_date(session)
         registry = office_kinds(session)
-        # One order everywhere, so two replicas locking claims never deadlock.
-        for claim_id in sorted(claim_ids):
-            self.recompute(session, claim_id, as_of, registry)
-
-    def recompute(
-        self, session: Session, claim_id: str, as_of: date | None, registry: dict[str, str]
-    ) -> None:
-        claim = _lock_claim(session, claim_id)
-        history, events = load_history(session, claim_id)
-        windows = evaluate(history, as_of, self.config.rules)
-        latest_event = max((e.time for e in events), default=datetime(1970, 1, 1, tzinfo=UTC))
-        now = max(_business_time(session, latest_event), latest_event)
-        self._store_windows(session, history, windows, jobcentre_ids(registry), now)
-        self._publish_alerts(session, history, windows, as_of, registry, now)
-        claim.next_check = next_check(history, windows, as_of, self.config.alerts)
-        claim.jobcentre_marker = history.marker_on("JOBCENTRE", as_of or date.max) or None
-        claim.evaluated_as_of = as_of
-        session.add(claim)
+        jcs = jobcentre_ids(registry)
+        clock = session.get(SchClock, 1)
+        business_time = _time_of(clock.time_key) if clock else None
+        for start in range(0, len(ids), RECOMPUTE_CHUNK):
+            chunk = ids[start : start + RECOMPUTE_CHUNK]
+            claims = _lock_claims(session, chunk)
+            payloads: dict[str, list[bytes]] = defaultdict(list)
+            for claim_id, payload in session.exec(
+                select(SchEvent.claim_id, SchEvent.payload).where(col(SchEvent.claim_id).in_(chunk))
+            ):
+                payloads[claim_id].append(bytes(payload))
+            stored: dict[str, list[SchWindow]] = defaultdict(list)
+            for row in session.exec(select(SchWindow).where(col(SchWindow.claim_id).in_(chunk))):
+                stored[row.claim_id].append(row)
+            sent = set(session.exec(select(SchAlert.key).where(col(SchAlert.claim_id).in_(chunk))))
+            out: list[tuple[Envelope, str]] = []
+            for claim_id in chunk:
+                events = [decode(p) for p in payloads[claim_id]]
+                history = ClaimHistory.from_events(claim_id, events)
+                windows = evaluate(history, as_of, self.config.rules)
+                latest = max((e.time for e in events), default=datetime(1970, 1, 1, tzinfo=UTC))
+                now = max(business_time or latest, latest)
+                out += self._store_windows(history, windows, jcs, now, stored[claim_id])
+                out += self._publish_alerts(session, history, windows, as_of, registry, now, sent)
+                claim = claims[claim_id]
+                claim.next_check = next_check(history, windows, as_of, self.config.alerts)
+                claim.jobcentre_marker = history.marker_on("JOBCENTRE", as_of or date.max) or None
+                claim.evaluated_as_of = as_of
+            session.add_all([*claims.values(), *(w for ws in stored.values() for w in ws)])
+            add_routed_to_outbox(session, TABLES, out)
 
     def _store_windows(
         self,
-        session: Session,
         h: ClaimHistory,
         windows: Sequence[Window],
         jcs: frozenset[str],
         now: datetime,
-    ) -> None:
-        existing = {
-            (w.window_id, w.basis): w
-            for w in session.exec(select(SchWindow).where(SchWindow.claim_id == h.claim_id)).all()
-        }
+        stored: list[SchWindow],
+    ) -> list[tuple[Envelope, str]]:
+        """Bring the claim's stored windows (`stored`, extended with new ones) up to
+        `windows`; the window-outcome revisions that calls for."""
+        existing = {(w.window_id, w.basis): w for w in stored}
         outcomes: list[Envelope] = []
         seen: set[tuple[str, str]] = set()  # (window id, basis)
         for w in windows:
@@ -249,6 +276,8 @@ class Scheduler:
                 closes=w.closes,
                 status=w.status.value,
             )
+            if pk not in existing:
+                stored.append(row)
             stage = stage_days = None
             if w.status is Status.MISSED:
                 a = attribute(h, w, jcs, min_booking_lead_days=self.config.min_booking_lead_days)
@@ -280,7 +309,6 @@ class Scheduler:
                 outcomes.append(
                     self._outcome_event(row, w.status.value if w.status.final else "PENDING", now)
                 )
-            session.add(row)
         for pk, row in existing.items():
             if pk in seen or not row.exists_now:
                 continue
@@ -290,8 +318,8 @@ class Scheduler:
                 row.revision += 1
                 row.published = "WITHDRAWN"
                 outcomes.append(self._outcome_event(row, "WITHDRAWN", now))
-            session.add(row)
-        add_to_outbox(session, TABLES, outcomes)
+        stream = stream_for(WindowOutcome.event_type())
+        return [(o, stream) for o in outcomes]
 
     def _outcome_event(self, row: SchWindow, outcome: str, now: datetime) -> Envelope:
         """The `window-outcome` revision a stored window now calls for: its final
@@ -331,16 +359,17 @@ class Scheduler:
         as_of: date | None,
         registry: dict[str, str],
         now: datetime,
-    ) -> None:
+        sent: set[str],
+    ) -> list[tuple[Envelope, str]]:
+        """The alerts due for the claim that were never sent (`sent`: the keys of
+        the claim's alerts sent so far; updated), recorded as sent."""
         due = alerts_for(h, windows, as_of, registry, self.config.alerts)
+        out: list[tuple[Envelope, str]] = []
         if not due:
-            return
+            return out
         # Keys can be long (claim, doubt and event ids inside): stored and used as
         # ids by their hash.
         keyed = {short_id("alert", a.key): a for a in due}
-        sent = set(
-            session.exec(select(SchAlert.key).where(col(SchAlert.key).in_(list(keyed)))).all()
-        )
         for key, a in keyed.items():
             if key in sent:
                 continue
@@ -375,7 +404,8 @@ class Scheduler:
                     event_id=event.id,
                 )
             )
-            add_to_outbox(session, TABLES, [event], stream=alerts_stream(a.office_id))
+            out.append((event, alerts_stream(a.office_id)))
+        return out
 
 
 def _booking(h: ClaimHistory, w: Window) -> tuple[date | None, str | None]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, insert, update
 from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, stream_for
@@ -24,7 +24,8 @@ from idt_contract.events import (
 )
 from idt_domain.calendar import london_date, working_days_between
 from idt_runtime.consumer import Applier
-from idt_runtime.latest import advance_clock, upsert_latest
+from idt_runtime.latest import advance_clock, upsert_latest_many
+from idt_runtime.latest import all_of as _all
 
 from . import domain
 from .models import (
@@ -42,91 +43,113 @@ from .models import (
 
 
 def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, WindowOutcome)
+    """Each window and basis keeps its highest revision, in any arrival order."""
+    latest: dict[tuple[str, str], WindowOutcome] = {}
+    for ev in _all(events, WindowOutcome):
+        key: tuple[str, str] = (ev.data.window_id, str(ev.data.basis))
+        held = latest.get(key)
+        if held is None or ev.data.revision > held.data.revision:
+            latest[key] = ev
+    if not latest:
+        return
+    t = ScoOutcome.__table__  # type: ignore[attr-defined]
+    found = session.execute(
+        select(t.c.window_id, t.c.basis, t.c.revision)
+        .where(t.c.window_id.in_(sorted({k[0] for k in latest})))
+        .order_by(t.c.window_id, t.c.basis)
+        .with_for_update()
+    ).all()
+    held_revision = {(r[0], r[1]): r[2] for r in found}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for window, ev in latest.items():
         d = ev.data
-        row = session.get(ScoOutcome, (d.window_id, d.basis), with_for_update=True)
-        if row is not None and row.revision >= d.revision:
+        old = held_revision.get(window)
+        if old is not None and old >= d.revision:
             continue  # an older revision arriving late changes nothing
-        row = row or ScoOutcome(
-            window_id=d.window_id, basis=d.basis, claim_id=d.claim_id, element=d.element.value,
-            outcome=d.outcome.value, revision=d.revision,
-        )  # fmt: skip
-        row.element, row.outcome, row.revision = d.element.value, d.outcome.value, d.revision
-        row.outcome_date, row.jobcentre_id = d.outcome_date, d.jobcentre_id
-        row.stage = d.stage.value if d.stage else None
-        session.add(row)
-        session.flush()
+        row = {
+            "window_id": d.window_id, "basis": d.basis, "claim_id": d.claim_id,
+            "element": d.element.value, "outcome": d.outcome.value, "revision": d.revision,
+            "outcome_date": d.outcome_date, "jobcentre_id": d.jobcentre_id,
+            "stage": d.stage.value if d.stage else None,
+        }  # fmt: skip
+        (updates if old is not None else inserts).append(row)
+    if inserts:
+        session.execute(insert(ScoOutcome), inserts)
+    if updates:
+        session.execute(update(ScoOutcome), updates)
 
 
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, OfficeRegistered)
-        d = ev.data
-        upsert_latest(
-            session, ScoOffice, d.office_id, ev,
-            kind=d.kind.value, name=d.name, district=d.district, region=d.region,
-        )  # fmt: skip
+    upsert_latest_many(session, ScoOffice, (
+        (ev.data.office_id, ev, {"kind": ev.data.kind.value, "name": ev.data.name,
+                                 "district": ev.data.district, "region": ev.data.region})
+        for ev in _all(events, OfficeRegistered)
+    ))  # fmt: skip
 
 
 def apply_ticks(session: Session, events: Sequence[Envelope]) -> None:
     advance_clock(session, ScoClock, events)
 
 
+def _insert_new(session: Session, model: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose event_id is not stored yet (one query, one insert)."""
+    if not rows:
+        return
+    t = model.__table__
+    have = set(
+        session.execute(
+            select(t.c.event_id).where(t.c.event_id.in_([r["event_id"] for r in rows]))
+        ).scalars()
+    )
+    fresh = {r["event_id"]: r for r in rows if r["event_id"] not in have}
+    if fresh:
+        session.execute(insert(model), list(fresh.values()))
+
+
 def apply_interviews(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, InterviewConducted)
-        d = ev.data
-        if session.get(ScoInterview, ev.id) is None:
-            session.add(
-                ScoInterview(
-                    event_id=ev.id, day=london_date(ev.time), intervention=d.intervention.value,
-                    jobcentre_id=d.jobcentre_id, minutes=d.duration_minutes,
-                )
-            )  # fmt: skip
-    session.flush()
+    _insert_new(session, ScoInterview, [
+        {"event_id": ev.id, "day": london_date(ev.time),
+         "intervention": ev.data.intervention.value, "jobcentre_id": ev.data.jobcentre_id,
+         "minutes": ev.data.duration_minutes}
+        for ev in _all(events, InterviewConducted)
+    ])  # fmt: skip
 
 
 def apply_ftas(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, InterviewFailedToAttend)
-        if session.get(ScoFailedToAttend, ev.id) is None:
-            session.add(
-                ScoFailedToAttend(
-                    event_id=ev.id, day=london_date(ev.time),
-                    intervention=ev.data.intervention.value,
-                )
-            )  # fmt: skip
-    session.flush()
+    _insert_new(session, ScoFailedToAttend, [
+        {"event_id": ev.id, "day": london_date(ev.time),
+         "intervention": ev.data.intervention.value}
+        for ev in _all(events, InterviewFailedToAttend)
+    ])  # fmt: skip
 
 
 def apply_claims(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, ClaimRegistered)
-        d = ev.data
-        upsert_latest(
-            session, ScoClaim, d.claim_id, ev, contact_centre_id=d.contact_centre_id,
-            benefit=d.benefit.value, registered_date=london_date(ev.time),
-        )  # fmt: skip
+    upsert_latest_many(session, ScoClaim, (
+        (ev.data.claim_id, ev, {"contact_centre_id": ev.data.contact_centre_id,
+                                "benefit": ev.data.benefit.value,
+                                "registered_date": london_date(ev.time)})
+        for ev in _all(events, ClaimRegistered)
+    ))  # fmt: skip
 
 
 def apply_markers(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, MarkerSet)
-        d = ev.data
-        upsert_latest(session, ScoMarker, (d.claim_id, d.marker.value), ev, value=d.value)
+    upsert_latest_many(session, ScoMarker, (
+        ((ev.data.claim_id, ev.data.marker.value), ev, {"value": ev.data.value})
+        for ev in _all(events, MarkerSet)
+    ))  # fmt: skip
 
 
 def apply_clearances(session: Session, events: Sequence[Envelope]) -> None:
-    for ev in events:
-        assert isinstance(ev, ClaimCleared)
+    rows = []
+    for ev in _all(events, ClaimCleared):
         d = ev.data
         cleared = london_date(ev.time)
-        upsert_latest(
-            session, ScoClearance, d.claim_id, ev, bdc_id=d.bdc_id,
-            received_date=d.received_date, cleared_date=cleared,
-            working_days=working_days_between(d.received_date, cleared),
-        )  # fmt: skip
+        rows.append((d.claim_id, ev, {
+            "bdc_id": d.bdc_id, "received_date": d.received_date, "cleared_date": cleared,
+            "working_days": working_days_between(d.received_date, cleared),
+        }))  # fmt: skip
+    upsert_latest_many(session, ScoClearance, rows)
 
 
 APPLIERS: dict[str, Applier] = {
