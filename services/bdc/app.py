@@ -6,18 +6,18 @@ from every `claim-cleared` on the bus."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Response
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from idt_contract.events import NINO_IN_TEXT, ClaimId, ClearanceOutcome, OfficeId
+from idt_contract.events import ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
+from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
@@ -39,40 +39,6 @@ class BdcSettings(RuntimeSettings):
 SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
-
-_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
-
-
-def _not_a_number(value: Any) -> Any:
-    # Pydantic would read 0 or "86400" as a Unix time: a date is ISO 8601 text.
-    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise ValueError(
-            "must be ISO 8601 text (YYYY-MM-DD, or a date-time with offset), not a number"
-        )
-    return value
-
-
-def _in_london_calendar(value: datetime) -> datetime:
-    # The service takes the London date of every moment: it must exist.
-    try:
-        london_date(value)
-    except OverflowError:
-        raise ValueError("is outside the calendar (years 1 to 9999 in London time)") from None
-    return value
-
-
-def _not_a_nino(value: str) -> str:
-    # No such claim can exist (the contract refuses it) and it must not be echoed.
-    if NINO_IN_TEXT.search(value):
-        raise ValueError("claim_id contains a National Insurance number; use a claim reference")
-    return value
-
-
-Day = Annotated[date, BeforeValidator(_not_a_number)]
-Moment = Annotated[
-    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_london_calendar)
-]
-PathClaimId = Annotated[ClaimId, AfterValidator(_not_a_nino)]
 
 
 class _Strict(BaseModel):
@@ -257,7 +223,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         tags=["intake"],
     )
     async def claim_received(
-        claim_id: PathClaimId, body: ReceivedIn, response: Response
+        claim_id: SafeClaimId, body: ReceivedIn, response: Response
     ) -> ClaimStatusOut:
         """Record that a BDC received the claim (201); repeating the very same receipt
         is harmless (200)."""
@@ -280,7 +246,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         summary="Request evidence for a received claim",
         tags=["intake"],
     )
-    async def evidence_requested(claim_id: PathClaimId, body: EvidenceRequestIn) -> ClaimStatusOut:
+    async def evidence_requested(claim_id: SafeClaimId, body: EvidenceRequestIn) -> ClaimStatusOut:
         """Ask for evidence (medical evidence, SSP1, employment details, an NI account
         problem); the claim is AWAITING_EVIDENCE until it arrives."""
         recorded_on = london_date(now(body.occurred_at))
@@ -301,7 +267,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         tags=["intake"],
     )
     async def evidence_received(
-        claim_id: PathClaimId, kind: EvidenceKind, body: EvidenceReceivedIn
+        claim_id: SafeClaimId, kind: EvidenceKind, body: EvidenceReceivedIn
     ) -> ClaimStatusOut:
         """Record that outstanding evidence of this kind arrived."""
         recorded_on = london_date(now(body.occurred_at))
@@ -322,7 +288,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         summary="Clear a claim (publishes claim-cleared)",
         tags=["intake"],
     )
-    async def clearance(claim_id: PathClaimId, body: ClearanceIn) -> ClearanceOut:
+    async def clearance(claim_id: SafeClaimId, body: ClearanceIn) -> ClearanceOut:
         """Decide the claim (ELIGIBLE or DISALLOWED); publishes `claim-cleared`
         through the outbox."""
         cmd = handlers.ClearClaim(
@@ -341,7 +307,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         tags=["queries"],
     )
     def claim_status(
-        claim_id: PathClaimId,
+        claim_id: SafeClaimId,
         as_of: Annotated[
             Day | None,
             Query(description="Business date for working days elapsed; default: today"),

@@ -4,25 +4,22 @@ that keeps a view of every claim's markers, and the live JP process report."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
 )
 from sqlmodel import Session
 
-from idt_contract.events import NINO_IN_TEXT, Benefit, ClaimId, MarkerName, OfficeId
+from idt_contract.events import Benefit, ClaimId, MarkerName, OfficeId
 from idt_domain.calendar import london_date
+from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
@@ -56,45 +53,13 @@ SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
 
 # ---------------------------------------------------------------- API models
 
-_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
-
-
-def _not_a_number(value: Any) -> Any:
-    # Pydantic would read 0 or "86400" as a Unix time: a date is ISO 8601 text.
-    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
-        raise ValueError(
-            "must be ISO 8601 text (YYYY-MM-DD, or a date-time with offset), not a number"
-        )
-    return value
-
-
-def _in_london_calendar(value: datetime) -> datetime:
-    # Consumers take the London date of every event's time: it must exist.
-    try:
-        london_date(value)
-    except OverflowError:
-        raise ValueError("is outside the calendar (years 1 to 9999 in London time)") from None
-    return value
-
-
-def _not_a_nino(value: str) -> str:
-    if NINO_IN_TEXT.search(value):
-        raise ValueError("claim_id contains a National Insurance number; use a claim reference")
-    return value
-
-
-Day = Annotated[date, BeforeValidator(_not_a_number)]
-Moment = Annotated[
-    AwareDatetime, BeforeValidator(_not_a_number), AfterValidator(_in_london_calendar)
-]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ClaimIn(_Strict):
-    claim_id: Annotated[ClaimId, AfterValidator(_not_a_nino)] | None = Field(
+    claim_id: SafeClaimId | None = Field(
         default=None, description="Optional; a new id is generated when absent."
     )
     nino: str = Field(
