@@ -14,7 +14,7 @@ ARGS ?=
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help install run test chaos fuzz check fmt clean
+.PHONY: help install run test chaos fuzz bench check fmt clean
 
 help: ## Show this help
 	@echo "Targets:"
@@ -52,6 +52,9 @@ chaos: $(VENV)/.installed ## Only the fault tests (kills, Redis crash, outages);
 
 fuzz: $(VENV)/.installed ## Only the fuzz tests (decoder, every service's OpenAPI); `make test` runs them too
 	"$(BIN)/python" -m pytest -q -m fuzz
+
+bench: $(VENV)/.installed ## Benchmark the whole pipeline (1M events; ARGS="--help" for sizes, PostgreSQL, profile); writes bench/results.md
+	"$(BIN)/python" -m bench $(ARGS)
 
 check: $(VENV)/.installed ## Check formatting, lint and types (ruff, mypy)
 	"$(BIN)/ruff" format --check .

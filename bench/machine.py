@@ -1,0 +1,62 @@
+"""The machine a run measured: cores, CPU, RAM, versions, the code's commit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from .report import Machine
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=10, cwd=REPO_ROOT, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_state() -> str:
+    commit = _run(["git", "rev-parse", "--short", "HEAD"])
+    if commit is None:
+        return "unknown (not a git checkout)"
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"]) or ""
+    changed = [line for line in status.splitlines() if line.strip()]
+    return f"commit {commit}" + (
+        f" + uncommitted changes in {len(changed)} tracked file(s)" if changed else ""
+    )
+
+
+def machine(redis_version: str, postgres_version: str | None) -> Machine:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return Machine(
+        cpu_count=os.cpu_count(),
+        nproc=_run(["nproc"]) or "?",
+        cpu_model=cpu_model(),
+        ram_bytes=int(psutil.virtual_memory().total),
+        python=f"{platform.python_implementation()} {platform.python_version()}",
+        platform=platform.platform(),
+        redis_version=redis_version,
+        sqlite_version=sqlite3.sqlite_version,
+        postgres_version=postgres_version,
+        load_average=(load[0], load[1], load[2]),
+        git=git_state(),
+    )

@@ -1,0 +1,402 @@
+"""The processes a bench run starts, and what it samples of them.
+
+The embedded Redis (AOF, `appendfsync everysec`, as `idt up` runs it) and every
+service as `python -m uvicorn <factory> --factory`, any number of replicas each,
+with the environment `idt up` gives them. Everything lives in one run directory
+(data, AOF, SQLite files, logs) that the caller removes; every child runs in its
+own session (a terminal's Ctrl-C reaches only the bench, which then stops them)
+and, on Linux, gets SIGTERM should the bench die without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from idt_cli.services import SERVICES
+from idt_runtime.embedded_redis import EmbeddedRedis, free_port
+
+SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_CHARS = 3000
+
+
+class BenchError(Exception):
+    """The bench cannot go on; `details` are (title, text) blocks such as a log tail."""
+
+    def __init__(self, message: str, details: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """Linux: a pre-exec hook asking the kernel to SIGTERM the child when the bench
+    dies (even by SIGKILL), so no service outlives it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+def tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+
+
+@dataclass
+class Replica:
+    service: str
+    slot: int
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    #: Where the pyinstrument wrapper writes its report (profile mode only).
+    profile_out: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return self.service if self.slot == 0 else f"{self.service}/{self.slot}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class BenchStack:
+    """Redis and the services of one bench run, in `run_dir`."""
+
+    run_dir: Path
+    database_url: str | None = None
+    replicas: int = 1
+    #: Start the services under the pyinstrument wrapper (bench.pyi_service).
+    pyinstrument: bool = False
+    redis: EmbeddedRedis | None = None
+    running: list[Replica] = field(default_factory=list)
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def var(self) -> Path:
+        return self.run_dir / "var"
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    def start_redis(self) -> str:
+        """The embedded Redis with its AOF in the run directory (SIGINT blocked while
+        it starts, a mask it keeps: a Ctrl-C must not stop it under the services)."""
+        server = EmbeddedRedis(self.run_dir / "redis", aof=True, appendfsync="everysec")
+        self.redis = server
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise BenchError(f"the embedded Redis did not start: {exc}") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return server.url
+
+    def env(self, slot: int) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("IDT_") and k not in ("REDIS_URL", "DATABASE_URL")
+        }
+        env.update(
+            REDIS_URL=self.redis_url,
+            IDT_VAR_DIR=str(self.var),
+            IDT_ENVIRONMENT="development",
+            IDT_CONSUMER_SLOT=str(slot),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        if self.pyinstrument:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+            )
+        return env
+
+    def start_services(self, timeout: float = 120.0) -> None:
+        """Start `replicas` of every service and wait until each answers /health."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.var.mkdir(parents=True, exist_ok=True)
+        by_name = {s.name: s for s in SERVICES}
+        for name in SERVICE_NAMES:
+            for slot in range(self.replicas):
+                port = free_port()
+                log = self.logs / f"{name}-{slot}.log"
+                factory = by_name[name].factory
+                profile_out: Path | None = None
+                if self.pyinstrument:
+                    profile_out = self.run_dir / f"pyinstrument-{name}-{slot}.txt"
+                    cmd = [sys.executable, "-m", "bench.pyi_service", factory, str(port),
+                           str(profile_out)]  # fmt: skip
+                else:
+                    cmd = [
+                        sys.executable, "-m", "uvicorn", factory, "--factory",
+                        "--host", "127.0.0.1", "--port", str(port),
+                        "--timeout-graceful-shutdown", "5",
+                    ]  # fmt: skip
+                with log.open("ab") as out:
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=self.env(slot),
+                        cwd=self.run_dir,
+                        start_new_session=True,
+                        preexec_fn=die_with_parent(),  # before any sampler thread starts
+                    )
+                self.running.append(Replica(name, slot, port, proc, log, profile_out))
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as http:
+            for replica in self.running:
+                self._wait_healthy(http, replica, deadline)
+
+    def _wait_healthy(self, http: httpx.Client, replica: Replica, deadline: float) -> None:
+        last = "no answer yet"
+        while True:
+            code = replica.proc.poll()
+            if code is not None:
+                raise BenchError(
+                    f"service {replica.label} exited with code {code} while starting",
+                    [(f"last lines of {replica.log}:", tail(replica.log))],
+                )
+            try:
+                resp = http.get(replica.url + "/health")
+                if resp.status_code == 200:
+                    return
+                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"service {replica.label} did not become healthy ({last})",
+                    [(f"last lines of {replica.log}:", tail(replica.log))],
+                )
+            time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        """Raise with the log tail if a service or Redis has exited."""
+        for replica in self.running:
+            code = replica.proc.poll()
+            if code is not None:
+                raise BenchError(
+                    f"service {replica.label} exited with code {code} during the run",
+                    [(f"last lines of {replica.log}:", tail(replica.log))],
+                )
+        if self.redis is not None and self.redis.proc is not None:
+            code = self.redis.proc.poll()
+            if code is not None:
+                log = self.redis.data_dir / "redis.log"
+                raise BenchError(
+                    f"the embedded Redis exited with code {code}",
+                    [(f"last lines of {log}:", tail(log))],
+                )
+
+    def pids(self) -> dict[str, int]:
+        """Label -> pid of every process of the system (the services and Redis)."""
+        out = {r.label: r.proc.pid for r in self.running}
+        if self.redis is not None and self.redis.proc is not None:
+            out["redis-server"] = self.redis.proc.pid
+        return out
+
+    def urls(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for r in self.running:
+            out.setdefault(r.service, []).append(r.url)
+        return out
+
+    def signal_services(self, sig: int) -> None:
+        for r in self.running:
+            if r.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(r.proc.pid, sig)
+
+    def close(self) -> None:
+        """Stop the services (SIGTERM to each session, SIGKILL after 15 s), then Redis."""
+        for r in self.running:
+            if r.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(r.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for r in self.running:
+            try:
+                r.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(r.proc.pid, signal.SIGKILL)
+                r.proc.wait(5)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+@dataclass
+class ProcSamples:
+    label: str
+    pid: int
+    #: (perf_counter() of the sample, RSS bytes)
+    rss: list[tuple[float, int]] = field(default_factory=list)
+    cpu_start: float | None = None
+    cpu_end: float | None = None
+
+    @property
+    def peak_rss(self) -> int:
+        return max((r for _, r in self.rss), default=0)
+
+    @property
+    def cpu_seconds(self) -> float:
+        if self.cpu_start is None or self.cpu_end is None:
+            return 0.0
+        return self.cpu_end - self.cpu_start
+
+
+def _cpu(proc: psutil.Process) -> float | None:
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return None
+
+
+class RssSampler:
+    """Every `interval` seconds, the RSS of each process (psutil), in a thread;
+    CPU time used between `start` and `stop`."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5) -> None:
+        self.interval = interval
+        self.samples = {label: ProcSamples(label, pid) for label, pid in pids.items()}
+        self._procs: dict[str, psutil.Process] = {}
+        for label, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self._procs[label] = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        for label, p in self._procs.items():
+            self.samples[label].cpu_start = _cpu(p)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        now = time.perf_counter()
+        for label, p in self._procs.items():
+            try:
+                self.samples[label].rss.append((now, int(p.memory_info().rss)))
+            except psutil.Error:
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, ProcSamples]:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+        for label, p in self._procs.items():
+            self.samples[label].cpu_end = _cpu(p)
+        return self.samples
+
+
+def parse_metric_sum(text: str, name: str) -> float:
+    """The sum of every sample of a Prometheus metric family in an exposition text."""
+    total = 0.0
+    prefix_labels, prefix_bare = name + "{", name + " "
+    for line in text.splitlines():
+        if line.startswith(prefix_labels) or line.startswith(prefix_bare):
+            with contextlib.suppress(ValueError, IndexError):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+CONSUMED = "idt_events_consumed_total"
+OUTBOX_PENDING = "idt_outbox_pending"
+
+
+def scrape(http: httpx.Client, urls: dict[str, list[str]], name: str) -> dict[str, float]:
+    """Per service, the sum over its replicas of one metric family."""
+    out: dict[str, float] = {}
+    for service, service_urls in urls.items():
+        out[service] = sum(
+            parse_metric_sum(http.get(u + "/metrics").text, name) for u in service_urls
+        )
+    return out
+
+
+class MetricsSampler:
+    """Every `interval` seconds, each service's `idt_events_consumed_total` (summed
+    over replicas and results) from its /metrics, in a thread; how long each scrape
+    took (a scrape costs the service some CPU: the scoring service computes scores
+    at scrape time)."""
+
+    def __init__(self, urls: dict[str, list[str]], interval: float) -> None:
+        self.urls = urls
+        self.interval = interval
+        #: (seconds since start, service, consumed so far)
+        self.points: list[tuple[float, str, float]] = []
+        self.scrape_seconds: dict[str, list[float]] = {s: [] for s in urls}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
+        self.t0 = time.perf_counter()
+
+    def start(self, t0: float) -> MetricsSampler:
+        self.t0 = t0
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=30.0) as http:
+            while not self._stop.is_set():
+                for service, urls in self.urls.items():
+                    began = time.perf_counter()
+                    try:
+                        total = sum(
+                            parse_metric_sum(http.get(u + "/metrics").text, CONSUMED) for u in urls
+                        )
+                    except httpx.HTTPError:
+                        continue
+                    done = time.perf_counter()
+                    self.scrape_seconds[service].append(done - began)
+                    self.points.append((done - self.t0, service, total))
+                self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(35)

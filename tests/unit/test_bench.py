@@ -1,0 +1,406 @@
+"""The pure parts of `python -m bench`: the scaled synthetic log (valid under the
+contract, unique ids, event-time order), percentile and rate math, the profile
+summaries and results.md. No timing is asserted anywhere: speed goals live in
+the benchmark's report, never in tests."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from bench import profiling, synth
+from bench.cli import build_parser, config_from, parse_count
+from bench.phases import (
+    clearance_line,
+    make_probes,
+    peak_rate,
+    rate_between,
+    registration_lines,
+    tick_line,
+)
+from bench.procs import parse_metric_sum
+from bench.report import (
+    Goal,
+    Latency,
+    Limit,
+    Machine,
+    ProcessStats,
+    ProfileSection,
+    Results,
+    Run,
+    ServiceRate,
+    Store,
+    Throughput,
+    goals,
+    percentile,
+    render,
+    size_label,
+)
+from idt_cli.offices import DEFAULT_OFFICES, read_registry
+from idt_cli.simulate import offices_by_kind
+from idt_contract import DecodeError, decode
+from idt_contract.events import NINO_IN_TEXT, ClaimCleared, ClaimRegistered
+
+SEED = 11
+START = date(2007, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[bytes]:
+    """A small simulated year (the registry, 150 claims, a tick a day)."""
+    return list(synth.simulated_lines(150, SEED, START, synth.year_days(START)))
+
+
+# --------------------------------------------------------------------------- the log
+
+
+def test_scaled_log_is_valid_unique_and_in_time_order(base: list[bytes]) -> None:
+    factor = 3.4
+    lines = list(synth.scale(base, factor, SEED))
+    events = [decode(line) for line in lines]  # every line passes the contract
+    ids = [e.id for e in events]
+    assert len(ids) == len(set(ids))
+    times = [e.time.astimezone(UTC) for e in events]
+    assert times == sorted(times)
+    # The registry and the ticks once; every claim event 3 or 4 times.
+    shared = [e for e in events if e.type in ("office-registered", "clock-tick")]
+    assert len(shared) == sum(1 for line in base if synth.line_fields(line).claim_id is None)
+    claim_events = len(events) - len(shared)
+    base_claim_events = len(base) - len(shared)
+    assert 3 * base_claim_events <= claim_events <= 4 * base_claim_events
+    assert claim_events == pytest.approx(factor * base_claim_events, rel=0.1)
+
+
+def test_clones_are_distinct_claims_with_their_own_customer(base: list[bytes]) -> None:
+    lines = list(synth.scale(base, 2.0, SEED))
+    registered = [e for e in map(decode, lines) if isinstance(e, ClaimRegistered)]
+    assert len(registered) == 2 * sum(1 for line in base if b'"claim-registered"' in line)
+    claim_ids = [e.data.claim_id for e in registered]
+    refs = [e.data.customer_ref for e in registered]
+    assert len(set(claim_ids)) == len(claim_ids)
+    assert len(set(refs)) == len(refs)
+    assert all(re.fullmatch(r"cr_[0-9a-f]{40}", r) for r in refs)
+    # Every event of a clone names the clone (subject and data), and the clone's
+    # history is its original's.
+    histories: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in map(decode, lines):
+        claim_id = getattr(e.data, "claim_id", None)
+        if claim_id is not None:
+            assert e.subject == claim_id
+            histories[claim_id][e.type] += 1
+    originals = [c for c in histories if not c.endswith("-x1")]
+    assert originals and all(histories[c] == histories[c + "-x1"] for c in originals)
+
+
+def test_the_clone_suffix_never_makes_an_ni_number() -> None:
+    """`SIM-000003` + `.c7` reads as `IM 00 00 03 C`: the contract rejects it; the
+    bench's `-x<j>` cannot complete the pattern."""
+    line = (
+        b'{"specversion":"1.0","id":"e1","source":"/t","type":"claim-closed",'
+        b'"time":"2007-05-01T10:00:00+01:00","subject":"SIM-000003",'
+        b'"data":{"claim_id":"SIM-000003","reason":"OTHER"}}'
+    )
+    fields = synth.line_fields(line)
+    bad = line.replace(b"SIM-000003", b"SIM-000003.c7")
+    with pytest.raises(DecodeError):
+        decode(bad)
+    for j in (1, 7, 123, 9999):
+        clone = decode(synth.clone_line(line, fields, f"x{j}"))
+        assert clone.subject == f"SIM-000003-x{j}" and clone.id == f"e1-x{j}"
+        assert not NINO_IN_TEXT.search(clone.subject)
+
+
+def test_copies_are_deterministic_and_average_to_the_factor() -> None:
+    claims = [f"SIM-{i:06d}" for i in range(4000)]
+    copies = [synth.copies_of(c, 2.25, SEED) for c in claims]
+    assert set(copies) == {2, 3}
+    assert sum(copies) / len(copies) == pytest.approx(2.25, abs=0.03)
+    assert copies == [synth.copies_of(c, 2.25, SEED) for c in claims]
+    assert synth.copies_of("SIM-000001", 1.0, SEED) == 1
+
+
+def test_stream_and_date_read_without_parsing(base: list[bytes]) -> None:
+    for line in base[:200]:
+        doc = json.loads(line)
+        assert synth.stream_of(line) == "idt:" + doc["type"]
+        assert synth.date_of(line) == date.fromisoformat(doc["time"][:10])
+    with pytest.raises(ValueError, match="window alerts"):
+        synth.stream_of(b'{"id":"a","type":"window-alert"}')
+
+
+def test_ensure_log_writes_once_then_reuses_the_cache(tmp_path: Path) -> None:
+    first = synth.ensure_log(tmp_path, 400, SEED)
+    assert first.path.exists() and first.events == sum(1 for _ in synth.read_lines(first.path))
+    assert first.claims == sum(first.types.get(t, 0) for t in ("claim-registered",))
+    mtime = first.path.stat().st_mtime_ns
+    again = synth.ensure_log(tmp_path, 400, SEED)
+    assert again == first and first.path.stat().st_mtime_ns == mtime
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_filler_collides_with_nothing_and_has_no_registry(tmp_path: Path) -> None:
+    path = synth.ensure_filler(tmp_path, 300, SEED, date(2008, 4, 1), days=30)
+    events = [decode(line) for line in synth.read_lines(path)]
+    assert len(events) >= 300
+    assert not [e for e in events if e.type in ("office-registered", "clock-tick")]
+    assert all(e.id.endswith("-lat") for e in events)
+    assert {e.type for e in events} >= {"claim-registered", "marker-set", "claim-cleared"}
+    tick = decode(tick_line(date(2008, 4, 1)))
+    assert tick.type == "clock-tick" and tick.time.isoformat() == "2008-04-01T23:30:00+01:00"
+
+
+def test_probe_events_are_valid_ib_and_jsa_claims() -> None:
+    registry = read_registry(DEFAULT_OFFICES, time=datetime(2008, 4, 1, tzinfo=UTC))
+    probes = make_probes(6, offices_by_kind(registry.events), SEED)
+    assert {p.benefit.value for p in probes} == {"IB", "JSA"}
+    for p in probes:
+        reg = [decode(line) for line in registration_lines(p, date(2008, 4, 1))]
+        assert [e.type for e in reg] == ["claim-registered", "marker-set", "marker-set"]
+        cleared = decode(clearance_line(p, date(2008, 4, 1), date(2008, 4, 9)))
+        assert isinstance(cleared, ClaimCleared) and cleared.data.outcome.value == "ELIGIBLE"
+
+
+# --------------------------------------------------------------------------- math
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_peak_rate_takes_the_best_window() -> None:
+    points = [(0.0, 0.0), (1.0, 10.0), (2.0, 100.0), (3.0, 110.0), (4.0, 120.0)]
+    assert peak_rate(points, 1.0) == 90.0
+    assert peak_rate(points, 2.0) == 50.0
+    assert peak_rate(points[:1], 1.0) is None
+
+
+def test_parse_count_and_size_labels() -> None:
+    assert parse_count("1m") == 1_000_000
+    assert parse_count("250k") == 250_000
+    assert parse_count("1_000_000") == 1_000_000
+    assert parse_count("2.5M") == 2_500_000
+    for bad in ("0", "-3", "abc", "1.5"):
+        with pytest.raises(Exception, match="count"):
+            parse_count(bad)
+    assert [size_label(n) for n in (100_000, 1_000_000, 10_000_000, 20_007)] == [
+        "100k", "1M", "10M", "20,007",
+    ]  # fmt: skip
+
+
+def test_config_presets() -> None:
+    parser = build_parser()
+    assert config_from(parser.parse_args([]), []).sizes == (1_000_000,)
+    assert config_from(parser.parse_args(["--size", "10m"]), []).sizes == (10_000_000,)
+    quick = config_from(parser.parse_args(["--quick"]), ["--quick"])
+    assert quick.sizes == (10_000,) and quick.latency_seconds == 5
+    assert "make bench ARGS=--quick" in quick.reproduce
+    scaling = config_from(parser.parse_args(["--scaling"]), ["--scaling"])
+    assert scaling.sizes == (100_000, 1_000_000, 10_000_000)
+
+
+def test_metric_sums_over_label_sets() -> None:
+    text = (
+        "# HELP idt_events_consumed_total x\n"
+        'idt_events_consumed_total{result="applied",service="a",stream="s"} 10.0\n'
+        'idt_events_consumed_total{result="duplicate",service="a",stream="t"} 2.0\n'
+        'idt_events_consumed_total_created{service="a"} 1.7e9\n'
+        "idt_outbox_pending 3.0\n"
+    )
+    assert parse_metric_sum(text, "idt_events_consumed_total") == 12.0
+    assert parse_metric_sum(text, "idt_outbox_pending") == 3.0
+
+
+# --------------------------------------------------------------------------- profiles
+
+RAW = """\
+<module> (uvicorn/__main__.py);run (asyncio/runners.py);select (selectors.py) 500
+_bootstrap (threading.py);_worker (concurrent/futures/thread.py) 300
+_bootstrap (threading.py);run (concurrent/futures/thread.py);_commit (idt_runtime/consumer.py);apply (services/scheduler/handlers.py);DefaultDialect.do_execute (sqlalchemy/engine/default.py) 60
+_bootstrap (threading.py);run (concurrent/futures/thread.py);_commit (idt_runtime/consumer.py);apply (services/scheduler/handlers.py);_recompute (services/scheduler/handlers.py) 30
+<module> (uvicorn/__main__.py);handle (idt_runtime/consumer.py);decode (idt_contract/codec.py);model_validate_json (pydantic/main.py) 10
+"""  # noqa: E501
+
+
+def test_profile_summary_leaves_waits_out_and_groups_by_category() -> None:
+    summary = profiling.summarise("scheduler", profiling.parse_raw(RAW), 10.0, 100)
+    assert summary.samples == 100 and summary.waits == 800
+    assert summary.busy == pytest.approx(0.1)
+    cats = dict(summary.categories)
+    assert cats["database driver (sqlite3/psycopg C code, via SQLAlchemy)"] == 60
+    assert cats["services.scheduler (service code)"] == 30
+    assert cats["pydantic (validation, JSON)"] == 10
+    assert summary.top_self[0] == ("DefaultDialect.do_execute (sqlalchemy/default.py)", 60)
+    project = dict(summary.top_project)
+    assert project["_commit (idt_runtime/consumer.py)"] == 90
+    assert project["apply (services.scheduler/handlers.py)"] == 90
+    merged = profiling.merge("all", [summary, summary])
+    assert merged.samples == 200 and dict(merged.categories)["pydantic (validation, JSON)"] == 20
+
+
+def test_package_of_site_packages_and_project_paths() -> None:
+    assert profiling.package_of("/x/.venv/lib/python3.11/site-packages/redis/client.py") == "redis"
+    assert profiling.package_of("/usr/lib/python3.11/asyncio/events.py") == "asyncio"
+    assert profiling.package_of("/work/main/services/bdc/handlers.py") == "services.bdc"
+    assert profiling.package_of("idt_runtime/consumer.py") == "idt_runtime"
+    assert profiling.package_of("threading.py") == "threading"
+
+
+# --------------------------------------------------------------------------- results.md
+
+MACHINE = Machine(
+    cpu_count=2,
+    nproc="2",
+    cpu_model="Test CPU",
+    ram_bytes=8 * 2**30,
+    python="CPython 3.11.7",
+    platform="Linux",
+    redis_version="6.2.14",
+    sqlite_version="3.40.1",
+    postgres_version=None,
+    load_average=(0.1, 0.2, 0.3),
+    git="commit abc1234",
+)
+MiB = 2**20
+
+
+def a_run(events: int, e2e_s: float, read_ack: float, rss: tuple[int, int]) -> Run:
+    early, late = rss
+    t = Throughput(
+        events=events,
+        claims=events // 6,
+        log_bytes=events * 290,
+        publish_s=events / 50_000,
+        e2e_s=e2e_s,
+        services=(
+            ServiceRate("scheduler", events, e2e_s * 0.9, 5_000.0, 12.5),
+            ServiceRate("scoring", events + events // 2, e2e_s, None, None),
+        ),
+        processes=(
+            ProcessStats("scheduler", late, early, late, 100.0),
+            ProcessStats("redis-server", 900 * MiB, 10 * MiB, 900 * MiB, 5.0, is_service=False),
+        ),
+        dead_letters=0,
+        redis_used_memory=events * 800,
+        redis_peak_memory=events * 810,
+        derived=(("idt:window-outcome", events // 2), ("idt:window-alerts:* (3 offices)", 99)),
+        stores=(Store("scheduler", events * 500, (("sch_claims", events // 6),)),),
+    )
+    return Run(size_label(events), t, Limit(200_000, 295.0, 60_000.0, read_ack))
+
+
+def results(runs: list[Run], latency: Latency | None, **kw: object) -> Results:
+    return Results(
+        started=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        command="python -m bench --scaling",
+        reproduce="python -m bench --scaling",
+        machine=MACHINE,
+        database="SQLite (a file per service)",
+        replicas=1,
+        runs=runs,
+        latency=latency,
+        profile=None,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+LATENCY = Latency(1000.0, 998.0, 60.0, 600, tuple(float(x % 40) for x in range(600)), 0, 3.0)
+
+
+def verdicts(r: Results) -> dict[str, str]:
+    return {g.name.split(" ")[0]: g.verdict for g in goals(r)}
+
+
+def test_goals_pass_and_fail_on_the_largest_replay() -> None:
+    fast = a_run(10_000_000, 500.0, 60_000.0, (200 * MiB, 205 * MiB))  # 20k/s: 33%, 25 min
+    slow = a_run(1_000_000, 1_000.0, 60_000.0, (200 * MiB, 200 * MiB))
+    r = results([slow, fast], LATENCY, scaling=True)
+    assert r.headline is fast
+    assert verdicts(r) == {"pipeline": "PASS", "national": "PASS", "publish": "PASS",
+                           "memory": "PASS"}  # fmt: skip
+    growing = a_run(10_000_000, 5_000.0, 60_000.0, (200 * MiB, 400 * MiB))
+    r = results([slow, growing], Latency(1000.0, 990.0, 60.0, 600, (10.0, 80.0), 598, 1.0))
+    assert verdicts(r) == {"pipeline": "FAIL", "national": "FAIL", "publish": "FAIL",
+                           "memory": "FAIL"}  # fmt: skip
+    only_small = results([slow], None)
+    assert verdicts(only_small)["memory"] == "not measured"
+    assert verdicts(only_small)["publish"] == "not measured"
+
+
+def test_memory_growth_between_sizes_fails_the_flat_goal() -> None:
+    small = a_run(1_000_000, 100.0, 60_000.0, (100 * MiB, 100 * MiB))
+    big = a_run(10_000_000, 1_000.0, 60_000.0, (300 * MiB, 300 * MiB))  # flat within, not across
+    goal = next(g for g in goals(results([small, big], None)) if g.name.startswith("memory"))
+    assert goal.passed is False and "1M" in goal.measured and "10M" in goal.measured
+
+
+def test_results_md_has_every_section_with_numbers() -> None:
+    runs = [
+        a_run(100_000, 20.0, 60_000.0, (150 * MiB, 150 * MiB)),
+        a_run(1_000_000, 200.0, 60_000.0, (150 * MiB, 151 * MiB)),
+        a_run(10_000_000, 2_000.0, 60_000.0, (150 * MiB, 152 * MiB)),
+    ]
+    summary = profiling.summarise("scheduler", profiling.parse_raw(RAW), 10.0, 100)
+    profile = ProfileSection(
+        tool="py-spy",
+        summaries=[summary],
+        overall=profiling.merge("all services", [summary]),
+        run_label="10M",
+    )
+    r = results(runs, LATENCY, scaling=True, notes=["The machine was shared."])
+    r.profile = profile
+    text = render(r)
+    assert text.startswith("# IDT benchmark results\n\nReproduce:\n\n```sh\npython -m bench")
+    for heading in (
+        "## Goals", "## Machine", "## Throughput (end to end)", "## Per-service consumption",
+        "## Machine limit", "## Latency", "## Peak memory per process", "## Stores",
+        "## Scaling", "## Profile: where time goes", "### scheduler",
+    ):  # fmt: skip
+        assert f"\n{heading}" in text, heading
+    assert "> The machine was shared." in text
+    assert "| 10M | 10,000,000 |" in text  # throughput row
+    assert "**5,000/s**" in text  # 10M events in 2,000 s
+    assert "8.3%" in text  # ratio 5,000 / 60,000
+    assert "6.2.14" in text and "3.40.1" in text and "Test CPU" in text
+    assert re.search(r"\| 998/s \| 600 \| 0 \| [\d.]+ ms \|", text)
+    assert "database driver" in text
+    assert "`DefaultDialect.do_execute (sqlalchemy/default.py)`" in text
+    assert text.count("**PASS**") + text.count("**FAIL**") == 4
+    # Tables are well formed: every row has as many cells as its header.
+    for block in re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M):
+        widths = {row.count("|") for row in block.splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_results_md_without_optional_phases_says_how_to_run_them() -> None:
+    text = render(results([a_run(20_000, 10.0, 30_000.0, (1, 1))], None))
+    assert "Not run (`--scaling`" in text
+    assert "Not run (`--profile`)" in text
+    assert "Not run (`--latency-seconds 0`)" in text
+
+
+def test_goal_verdict_words() -> None:
+    assert Goal("x", "y", "z", True).verdict == "PASS"
+    assert Goal("x", "y", "z", False).verdict == "FAIL"
+    assert Goal("x", "y", "z", None).verdict == "not measured"
+
+
+def test_rate_between_interpolates_a_cumulative_count() -> None:
+    points = [(0.0, 0.0), (10.0, 100.0), (20.0, 100.0), (30.0, 400.0)]
+    assert rate_between(points, 0.0, 10.0) == 10.0
+    assert rate_between(points, 5.0, 15.0) == 5.0  # 50 -> 100 over 10 s
+    assert rate_between(points, 20.0, 30.0) == 30.0
+    assert rate_between(points, 25.0, 35.0) is None  # past the last sample
+    assert rate_between(points[:1], 0.0, 1.0) is None
