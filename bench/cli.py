@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter
+from types import FrameType
 
 import httpx
 import psutil
@@ -328,16 +329,25 @@ def redacted(argv: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def sigint_ignored() -> Iterator[None]:
-    """Teardown must finish: a second Ctrl-C waits until it has."""
+    """Teardown must finish: a second Ctrl-C (or a SIGTERM) waits until it has."""
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM stops the bench as Ctrl-C does: through the teardown."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _progress(console: Console, *, total: bool = True) -> Progress:
@@ -834,6 +844,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cfg = config_from(args, argv)
         bench = Bench(cfg, console)
@@ -846,8 +857,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.details and "--keep-run-dir" not in argv:
             err.print("(the run directory was removed; --keep-run-dir keeps the logs)")
         return 1
-    except KeyboardInterrupt:
-        err.print("interrupted: every process the bench started was stopped")
+    except KeyboardInterrupt as exc:
+        why = str(exc) or "SIGINT"
+        err.print(f"interrupted ({why}): every process the bench started was stopped")
         return 130
     text = render(results)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

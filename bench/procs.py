@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from idt_cli.services import SERVICES
+from idt_cli.up import pinned_service_env
 from idt_runtime.embedded_redis import EmbeddedRedis, free_port
 
 SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
@@ -126,20 +127,7 @@ class BenchStack:
         return server.url
 
     def env(self, slot: int) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("IDT_") and k not in ("REDIS_URL", "DATABASE_URL")
-        }
-        env.update(
-            REDIS_URL=self.redis_url,
-            IDT_VAR_DIR=str(self.var),
-            IDT_ENVIRONMENT="development",
-            IDT_CONSUMER_SLOT=str(slot),
-            PYTHONUNBUFFERED="1",
-        )
-        if self.database_url:
-            env["DATABASE_URL"] = self.database_url
+        env = pinned_service_env(self.redis_url, self.var, self.database_url, slot=slot)
         if self.pyinstrument:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p

@@ -519,6 +519,35 @@ def service_env(redis_url: str, var_dir: Path, database_url: str | None) -> dict
     return env
 
 
+def pinned_service_env(
+    redis_url: str,
+    var_dir: Path,
+    database_url: str | None,
+    *,
+    slot: int,
+    settings: dict[str, object] | None = None,
+) -> dict[str, str]:
+    """The environment of a service process that inherits no `IDT_*` setting (and
+    no Redis or database URL) from the caller's: every setting is the one given
+    here (`settings`: name -> value, as `IDT_<NAME>`). For benchmarks and tests."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("IDT_") and k not in ("REDIS_URL", "DATABASE_URL")
+    }
+    env.update(
+        REDIS_URL=redis_url,
+        IDT_VAR_DIR=str(var_dir),
+        IDT_ENVIRONMENT="development",
+        IDT_CONSUMER_SLOT=str(slot),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"IDT_{k.upper()}": str(v) for k, v in (settings or {}).items()})
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
 def _start_service(
     svc: Service, port: int, host: str, env: dict[str, str], logs: Path
 ) -> RunningService:

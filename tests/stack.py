@@ -10,7 +10,6 @@ them), any number of replicas each, for tests that kill, restart and scale them.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import redis
 
 from idt_cli.replay import parse_id
 from idt_cli.services import BY_NAME
+from idt_cli.up import pinned_service_env
 from idt_contract import decode_entry
 from idt_runtime.embedded_redis import free_port
 from tests.conftest import wait_for
@@ -72,22 +72,9 @@ class Stack:
     # ------------------------------------------------------------ processes
 
     def env(self, slot: int) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("IDT_") and k not in ("REDIS_URL", "DATABASE_URL")
-        }
-        env.update(
-            REDIS_URL=self.redis_url,
-            IDT_VAR_DIR=str(self.var),
-            IDT_ENVIRONMENT="development",
-            IDT_CONSUMER_SLOT=str(slot),
-            PYTHONUNBUFFERED="1",
+        return pinned_service_env(
+            self.redis_url, self.var, self.database_url, slot=slot, settings=self.settings
         )
-        env.update({f"IDT_{k.upper()}": str(v) for k, v in self.settings.items()})
-        if self.database_url:
-            env["DATABASE_URL"] = self.database_url
-        return env
 
     def start(self, *services: str, replicas: int = 1) -> None:
         """Start `replicas` of each service (slots 0..n-1) and wait until healthy."""

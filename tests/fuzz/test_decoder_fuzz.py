@@ -56,18 +56,15 @@ from idt_contract import (
 from idt_contract.codec import MAX_EVENT_BYTES
 from idt_contract.events import (
     NINO_IN_TEXT,
-    Benefit,
-    ClaimRegistered,
-    ClaimRegisteredData,
-    make_event,
 )
 from idt_runtime.clock import FixedClock
 from services.contact_centre.app import ContactCentreSettings, create_app
 from services.contact_centre.handlers import APPLIERS as CC_APPLIERS
 from services.contact_centre.models import CcClaim
-from tests.conftest import t, wait_for
+from tests.conftest import wait_for
 from tests.fuzz import CI, NINOS, examples
 from tests.helpers import TEST_KEY
+from tests.integration.test_consumer import claim_registered
 from tests.samples import DATA, sample
 
 pytestmark = pytest.mark.fuzz
@@ -396,21 +393,6 @@ garbage_entries = st.tuples(
 ).filter(_undecodable)
 
 
-def good_claim(claim_id: str) -> Envelope:
-    return make_event(
-        ClaimRegistered,
-        source="/offices/CC01",
-        time=t("2007-06-01"),
-        data=ClaimRegisteredData(
-            claim_id=claim_id,
-            customer_ref="cr_" + "0" * 20,
-            benefit=Benefit.IB,
-            claim_start_date=t("2007-06-01").date(),
-            contact_centre_id="CC01",
-        ),
-    )
-
-
 @pytest.fixture
 def cc(redis_url, var_dir):
     settings_ = ContactCentreSettings(
@@ -466,7 +448,9 @@ def test_garbage_through_a_live_consumer_is_dead_lettered_and_good_events_flow(
     batch = next(_batches)
     good_ids = [f"FZ-{batch}-{i}" for i in range(good)]
     items: list[tuple[str, dict[Any, Any], bool]] = [(s, f, False) for s, f in garbage]
-    items += [(stream_for("claim-registered"), entry_fields(good_claim(c)), True) for c in good_ids]
+    items += [
+        (stream_for("claim-registered"), entry_fields(claim_registered(c)), True) for c in good_ids
+    ]
     order.shuffle(items)
     pipe = r.pipeline(transaction=True)
     for stream, fields, _ in items:
