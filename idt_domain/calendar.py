@@ -8,6 +8,7 @@ bank holidays), never a hand-typed list.
 from __future__ import annotations
 
 import calendar as _cal
+from datetime import UTC as _UTC
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -102,8 +103,9 @@ def parse_period(period: str) -> tuple[date, date]:
 
 def utc_key(moment: datetime) -> str:
     """A sortable, fixed-width UTC text form of an aware datetime (for event-time ordering)."""
-    from datetime import UTC
-
     if moment.tzinfo is None:
         raise ValueError("event times are aware datetimes")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    u = moment.astimezone(_UTC)
+    if u.year < 1000:  # isoformat pads the year, strftime("%Y") does not
+        return u.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return u.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

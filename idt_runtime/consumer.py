@@ -25,7 +25,6 @@ import asyncio
 import logging
 import random
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -42,7 +41,8 @@ from sqlmodel import Session
 from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
 from idt_contract.events import NINO_IN_TEXT
 
-from .db import RuntimeTables
+from .bulk import bulk_insert
+from .db import RuntimeTables, write_lock
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger("idt.consumer")
@@ -59,6 +59,10 @@ class Reject(Exception):
     """Raised by an applier for an event that is valid by the contract but can
     never be applied; the entry goes to the dead letters at once, with the
     message as its reason, instead of being retried."""
+
+
+class _GroupFailed(Exception):
+    """A transaction shared by several batches failed; each is committed alone."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None)
 
 
-def _is_infra(exc: BaseException) -> bool:
+def is_infra(exc: BaseException) -> bool:
+    """The database (or its connection) is unavailable: retry later, never give up."""
     if isinstance(exc, INFRA_ERRORS):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
@@ -140,7 +145,12 @@ class EventConsumer:
         # Batches of different streams are read concurrently; their commits run
         # one at a time so that a claim's recomputation never interleaves with
         # another (across processes, services lock the claim's row as well).
-        self._commit_lock = threading.Lock()
+        self._commit_lock = write_lock(engine)
+        # Batches waiting for the next shared transaction (`_commit_grouped`).
+        self._waiting: list[
+            tuple[str, Sequence[tuple[RawEntry, Envelope]], asyncio.Future[Any]]
+        ] = []
+        self._committer: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         self._running = False
@@ -185,13 +195,17 @@ class EventConsumer:
 
         if good:
             try:
-                applied, dups = await self._commit_retrying(stream, good)
+                try:
+                    applied, dups = await self._commit_grouped(stream, good)
+                except _GroupFailed:
+                    # Something in a shared transaction failed: this batch on its own.
+                    applied, dups = await self._commit_retrying(stream, good)
                 result.applied += applied
                 result.duplicates += dups
             except Exception as exc:
                 if isinstance(exc, Reject) and len(good) == 1:
                     result.dead.append((good[0][0], f"rejected by {self.service}: {exc}"))
-                elif _is_infra(exc) or len(good) == 1:
+                elif is_infra(exc) or len(good) == 1:
                     for entry, _ in good:
                         result.failed[entry.entry_id] = exc
                 else:
@@ -230,58 +244,114 @@ class EventConsumer:
             self.after_commit()
         return result
 
+    async def _commit_grouped(
+        self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
+    ) -> tuple[list[str], list[str]]:
+        """Commit the batch together with every other batch waiting meanwhile (from
+        the other streams' subscribers): one transaction for all of them, so the
+        per-transaction work is paid once and an applier shared by several streams
+        (the scheduler's claim events) sees them all at once. The first batch after
+        a quiet spell is committed at once; batches arriving during a commit wait
+        for the next one. Raises `_GroupFailed` when a shared transaction failed
+        (the caller then commits its batch alone)."""
+        future: asyncio.Future[tuple[list[str], list[str]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.append((stream, items, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_waiting())
+        return await future
+
+    async def _commit_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            batches = [(stream, items) for stream, items, _ in group]
+            try:
+                results = await self._retrying(batches)
+            except asyncio.CancelledError:
+                for *_, future in group:
+                    future.cancel()
+                raise
+            except Exception as exc:
+                for *_, future in group:
+                    if not future.done():
+                        future.set_exception(exc if len(group) == 1 else _GroupFailed(exc))
+                continue
+            for (*_, future), res in zip(group, results, strict=True):
+                if not future.done():
+                    future.set_result(res)
+
     async def _commit_retrying(
         self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
     ) -> tuple[list[str], list[str]]:
         """`_commit`, run again when it lost a race with another replica."""
+        return (await self._retrying([(stream, items)]))[0]
+
+    async def _retrying(
+        self, batches: Sequence[tuple[str, Sequence[tuple[RawEntry, Envelope]]]]
+    ) -> list[tuple[list[str], list[str]]]:
+        """`_commit_batches`, run again when it lost a race with another replica."""
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return await asyncio.to_thread(self._commit, stream, items)
+                return await asyncio.to_thread(self._commit_batches, batches)
             except Exception as exc:
                 if not is_conflict(exc) or attempt == CONFLICT_RETRIES - 1:
                     raise
-                self.metrics.conflicts.labels(self.service, stream).inc()
+                streams = ",".join(sorted({s for s, _ in batches}))
+                for stream in {s for s, _ in batches}:
+                    self.metrics.conflicts.labels(self.service, stream).inc()
                 log.info("%s: %s batch conflicted with a replica (%r); retrying", self.service,
-                         stream, getattr(exc, "orig", exc))  # fmt: skip
+                         streams, getattr(exc, "orig", exc))  # fmt: skip
                 await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
 
     def _commit(
         self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
     ) -> tuple[list[str], list[str]]:
+        return self._commit_batches([(stream, items)])[0]
+
+    def _commit_batches(
+        self, batches: Sequence[tuple[str, Sequence[tuple[RawEntry, Envelope]]]]
+    ) -> list[tuple[list[str], list[str]]]:
+        """One transaction: the fresh events of every batch applied (streams that
+        share an applier in one call), their ids recorded. Per batch: the entry ids
+        applied and the duplicates."""
         processed = self.tables.processed
-        ids = [ev.id for _, ev in items]
+        ids = [ev.id for _, items in batches for _, ev in items]
+        results: list[tuple[list[str], list[str]]] = []
         with self._commit_lock, Session(self.engine) as session, session.begin():
             seen = set(
                 session.execute(select(processed.c.event_id).where(processed.c.event_id.in_(ids)))
                 .scalars()
                 .all()
             )
-            fresh: list[Envelope] = []
-            applied: list[str] = []
-            dups: list[str] = []
+            calls: dict[Applier, list[Envelope]] = {}
             rows = []
             now = self._now()
-            for entry, ev in items:
-                if ev.id in seen:
-                    dups.append(entry.entry_id)
-                    continue
-                seen.add(ev.id)
-                fresh.append(ev)
-                applied.append(entry.entry_id)
-                rows.append(
-                    {
-                        "event_id": ev.id,
-                        "stream": stream,
-                        "entry_id": entry.entry_id,
-                        "event_type": ev.type,
-                        "processed_at": now,
-                    }
-                )
-            if fresh:
-                self.appliers[stream](session, fresh)
-                session.execute(insert(processed), rows)
-        return applied, dups
+            for stream, items in batches:
+                applied: list[str] = []
+                dups: list[str] = []
+                results.append((applied, dups))
+                for entry, ev in items:
+                    if ev.id in seen:
+                        dups.append(entry.entry_id)
+                        continue
+                    seen.add(ev.id)
+                    calls.setdefault(self.appliers[stream], []).append(ev)
+                    applied.append(entry.entry_id)
+                    rows.append(
+                        {
+                            "event_id": ev.id,
+                            "stream": stream,
+                            "entry_id": entry.entry_id,
+                            "event_type": ev.type,
+                            "processed_at": now,
+                        }
+                    )
+            for applier, fresh in calls.items():
+                applier(session, fresh)
+            bulk_insert(session, processed, rows)
+        return results
 
     async def _ack_and_dead_letter(
         self, stream: str, ack_ids: list[str], dead: list[tuple[RawEntry, str]]
@@ -366,7 +436,7 @@ class EventConsumer:
             # One last try; a non-infrastructure failure makes it a dead letter.
             res = await self.handle(stream, [entry_id], [data])
             exc = res.failed.get(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-            if exc is not None and not _is_infra(exc):
+            if exc is not None and not is_infra(exc):
                 entry = RawEntry(stream, entry_id.decode(), dict(data or {}))
                 reason = (
                     f"handler failed on {counts.get(entry_id)} deliveries "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
+#: SQLite's page cache per connection, in KiB.
+SQLITE_CACHE_KIB = 32 * 1024
+
 
 def make_engine(url: str) -> Engine:
     """An engine; for SQLite: WAL, a busy timeout and the file's folder created."""
@@ -46,6 +50,10 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
+            # 32 MiB of page cache per connection (SQLite's default is 2 MiB): a
+            # store of a national year is hundreds of MiB, and every page that
+            # falls out of the cache is a system call to read it back.
+            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
@@ -60,6 +68,22 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def write_lock(engine: Engine) -> threading.Lock:
+    """The lock a process's writers to `engine` (batch commits, the outbox relay)
+    take in turn. Across processes the database orders them (row and advisory locks;
+    SQLite's write lock); within one process this queue does, so a writer waits
+    its turn instead of SQLite's busy handler sleeping it for up to 100 ms a try."""
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _WRITE_LOCKS[engine] = threading.Lock()
+        return lock
 
 
 @dataclass(frozen=True)

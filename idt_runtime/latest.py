@@ -6,12 +6,14 @@ from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select
 from sqlmodel import Session, SQLModel
 
 from idt_contract import Envelope
 from idt_domain.calendar import london_date, utc_key
 from idt_domain.ordering import supersedes
+
+from .bulk import bulk_insert, bulk_update_by_pk
 
 Row = TypeVar("Row", bound=SQLModel)
 
@@ -97,10 +99,8 @@ def upsert_latest_many(
         row = {**dict(zip(names, k, strict=True)), **values}
         row["time_key"], row["event_id"] = order
         (updates if held_order is not None else inserts).append(row)
-    if inserts:
-        session.execute(insert(model), inserts)
-    if updates:
-        session.execute(update(model), updates)
+    bulk_insert(session, table, inserts)
+    bulk_update_by_pk(session, table, updates)
     return [tuple(r[n] for n in names) for r in (*inserts, *updates)]
 
 

@@ -43,6 +43,25 @@ class RuntimeMetrics:
             ["service", "stream"],
             registry=r,
         )
+        self.swept = Counter(
+            "idt_claims_swept_total",
+            "Claims re-evaluated after a clock tick beyond those the tick itself did (scheduler).",
+            ["service"],
+            registry=r,
+        )
+        self.outbox_pruned = Counter(
+            "idt_outbox_pruned_total",
+            "Published outbox rows deleted after the retention period.",
+            ["service"],
+            registry=r,
+        )
+        self.sweep_failures = Counter(
+            "idt_sweep_failures_total",
+            "Claims whose re-evaluation after a clock tick failed; skipped until business "
+            "time moves (scheduler).",
+            ["service"],
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "idt_batch_seconds",
             "Time to decode, commit and ack one batch.",

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import redis
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from idt_contract import Envelope, encode, stream_for
 from idt_contract.streams import DATA_FIELD, outbox_run_key
 
-from .db import RuntimeTables, lock_scope
+from .bulk import bulk_insert
+from .db import RuntimeTables, lock_scope, write_lock
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger("idt.outbox")
@@ -45,8 +47,7 @@ def add_to_outbox(
         }
         for ev in events
     ]
-    if rows:
-        session.execute(insert(tables.outbox), rows)
+    bulk_insert(session, tables.outbox, rows)
 
 
 def add_routed_to_outbox(
@@ -58,8 +59,7 @@ def add_routed_to_outbox(
         {"event_id": ev.id, "stream": stream, "payload": encode(ev), "created_at": created}
         for ev, stream in routed
     ]
-    if rows:
-        session.execute(insert(tables.outbox), rows)
+    bulk_insert(session, tables.outbox, rows)
 
 
 class OutboxRelay:
@@ -88,9 +88,16 @@ class OutboxRelay:
         metrics: RuntimeMetrics,
         batch_size: int = 500,
         republish_s: float = 10.0,
+        retention_s: float = 3600.0,
+        prune_interval_s: float = 60.0,
     ) -> None:
         self.service = service
         self.republish_s = republish_s
+        # Published rows are kept this long (never less than the republish window),
+        # then deleted: the outbox holds what is in flight, not every event forever.
+        self.retention_s = max(retention_s, republish_s)
+        self.prune_interval_s = prune_interval_s
+        self._pruned_at = 0.0
         self._run_id: str | None = None
         self.engine = engine
         self.tables = tables
@@ -114,7 +121,7 @@ class OutboxRelay:
     def _publish_batch(self) -> tuple[list[str], int]:
         """Publish up to `batch_size` pending rows; (their streams, rows left)."""
         o = self.tables.outbox
-        with Session(self.engine) as s, s.begin():
+        with write_lock(self.engine), Session(self.engine) as s, s.begin():
             lock_scope(s, f"outbox:{o.name}", exclusive=True)
             self._after_restart(s)
             rows = s.execute(
@@ -165,6 +172,30 @@ class OutboxRelay:
         )  # fmt: skip
         self.metrics.republished.labels(self.service).inc(again)
 
+    def prune(self, now: datetime | None = None, chunk: int = 5000) -> int:
+        """Delete rows published more than `retention_s` before `now`, a chunk per
+        transaction; returns how many."""
+        o = self.tables.outbox
+        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.retention_s)
+        total = 0
+        while True:
+            with write_lock(self.engine), Session(self.engine) as s, s.begin():
+                old = (
+                    select(o.c.seq)
+                    .where(o.c.published_at < cutoff)
+                    .order_by(o.c.seq)
+                    .limit(chunk)
+                    .scalar_subquery()
+                )
+                result = s.execute(delete(o).where(o.c.seq.in_(old)))
+                gone = int(getattr(result, "rowcount", 0) or 0)
+            total += gone
+            if gone < chunk:
+                break
+        if total:
+            self.metrics.outbox_pruned.labels(self.service).inc(total)
+        return total
+
     async def flush(self) -> int:
         """Publish everything pending; returns how many were published."""
         published = 0
@@ -188,6 +219,14 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("%s: outbox relay could not publish yet: %r", self.service, exc)
+            if time.monotonic() - self._pruned_at >= self.prune_interval_s:
+                self._pruned_at = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.prune)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s: pruning the outbox failed: %r", self.service, exc)
             if not self._running:
                 return
             try:

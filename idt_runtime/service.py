@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +80,11 @@ class ServiceRuntime:
         appliers: dict[str, Applier] | None = None,
         clock: Clock | None = None,
         metrics: RuntimeMetrics | None = None,
+        background: Sequence[Callable[[ServiceRuntime], Coroutine[Any, Any, None]]] = (),
     ) -> None:
         self.spec = spec
+        #: Loops run beside the consumer (started after it, cancelled at stop).
+        self.background = list(background)
         self.settings = settings
         self.appliers = appliers or {}
         self.clock = clock or SystemClock()
@@ -112,10 +115,13 @@ class ServiceRuntime:
             metrics=self.metrics,
             batch_size=s.batch_size,
             republish_s=s.outbox_republish_s,
+            retention_s=s.outbox_retention_s,
         )
         self._tasks.append(asyncio.create_task(self.relay.run_forever()))
         if self.appliers:
             await self._start_consumer()
+        for loop in self.background:
+            self._tasks.append(asyncio.create_task(loop(self)))
 
     async def _start_consumer(self) -> None:
         assert self.engine is not None and self.redis is not None and self.relay is not None

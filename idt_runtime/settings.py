@@ -54,6 +54,9 @@ class RuntimeSettings(BaseSettings):
     #: After a Redis restart, the outbox publishes again what it published in
     #: this many seconds before (what `appendfsync everysec` can lose, with margin).
     outbox_republish_s: float = Field(default=10.0, ge=0)
+    #: Published outbox rows are deleted after this many seconds (at least the
+    #: republish window): the streams, not the outbox, are the record of events.
+    outbox_retention_s: float = Field(default=3600.0, ge=0)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -116,13 +116,16 @@ def alerts_for(
     as_of: date | None,
     registry: Mapping[str, str],
     config: AlertConfig | None = None,
+    jobcentres: frozenset[str] | None = None,
 ) -> list[Alert]:
     """Every alert the claim calls for as of `as_of` (already-sent ones included:
-    the caller filters by key). `registry` maps office id to kind."""
+    the caller filters by key). `registry` maps office id to kind; `jobcentres`,
+    its Jobcentres, when the caller has them already."""
     config = config or AlertConfig()
     today = as_of
     out: list[Alert] = []
-    jobcentres = frozenset(o for o, kind in registry.items() if kind == "JOBCENTRE")
+    if jobcentres is None:
+        jobcentres = frozenset(o for o, kind in registry.items() if kind == "JOBCENTRE")
     # Alerts go to whoever owns the customer now: the latest marker in event time.
     jc_now = _latest_marker(h)
     allocated = jc_now in jobcentres

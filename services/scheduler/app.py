@@ -3,7 +3,9 @@ event time, publishes outcome revisions and alerts, and answers staff queries.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -14,6 +16,8 @@ from sqlmodel import Session
 
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
+from idt_runtime.consumer import is_conflict, is_infra
+from idt_runtime.db import write_lock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -21,6 +25,8 @@ from . import handlers
 from .alerts import AlertConfig
 from .domain import RulesConfig
 from .models import PREFIX, TABLES
+
+log = logging.getLogger("idt.scheduler")
 
 NAME = "scheduler"
 
@@ -91,10 +97,78 @@ class WindowsCollector:
         yield risk
 
 
+def due_sweeper(
+    scheduler: handlers.Scheduler, interval_s: float = 1.0
+) -> Callable[[ServiceRuntime], Coroutine[Any, Any, None]]:
+    """A loop re-evaluating the claims business time made due beyond what the tick
+    itself did (`Scheduler.sweep_due`), a chunk per transaction, taking its turn
+    with the consumer's batches; it looks every `interval_s` seconds."""
+
+    # Claims whose evaluation failed on their own, until business time moves on:
+    # skipped, so that one bad claim cannot hold back every claim due after it.
+    failing: dict[str, date] = {}
+
+    def sweep_once(runtime: ServiceRuntime) -> int:
+        engine = runtime.engine
+        assert engine is not None
+        if failing:
+            with Session(engine) as s:
+                today = handlers.business_date(s)
+            for claim_id, day in list(failing.items()):
+                if day != today:
+                    del failing[claim_id]
+        skip = frozenset(failing)
+        try:
+            with write_lock(engine), Session(engine) as s, s.begin():
+                return len(scheduler.sweep_due(s, skip=skip))
+        except Exception as exc:
+            if is_infra(exc) or is_conflict(exc):
+                raise  # the database away, or a replica got there first: next time
+        # A claim in the chunk cannot be evaluated: one claim at a time, to find it.
+        with Session(engine) as s:
+            as_of = handlers.business_date(s)
+            due = handlers.due_claims(s, as_of, handlers.SWEEP_CHUNK + len(skip)) if as_of else []
+        done = 0
+        for claim_id in [c for c in due if c not in skip][: handlers.SWEEP_CHUNK]:
+            try:
+                with write_lock(engine), Session(engine) as s, s.begin():
+                    scheduler.reevaluate(s, [claim_id])
+                done += 1
+            except Exception as exc:
+                if is_infra(exc) or is_conflict(exc):
+                    raise
+                assert as_of is not None
+                failing[claim_id] = as_of
+                runtime.metrics.sweep_failures.labels(runtime.spec.name).inc()
+                log.error("scheduler: claim %s could not be re-evaluated (skipped until "
+                          "business time moves): %r", claim_id, exc)  # fmt: skip
+        return done
+
+    async def run(runtime: ServiceRuntime) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                while (n := await asyncio.to_thread(sweep_once, runtime)) > 0:
+                    runtime.metrics.swept.labels(runtime.spec.name).inc(n)
+                    if runtime.relay is not None:
+                        runtime.relay.notify()
+                    if n < handlers.SWEEP_CHUNK:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a lost race or the database away: next time
+                log.warning("scheduler: sweeping due claims failed: %r", exc)
+
+    return run
+
+
 def create_app(settings: SchedulerSettings | None = None, clock: Clock | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
     scheduler = handlers.Scheduler(settings.scheduler_config())
-    runtime = ServiceRuntime(SPEC, settings, appliers=scheduler.appliers(), clock=clock)
+    runtime = ServiceRuntime(
+        SPEC, settings, appliers=scheduler.appliers(), clock=clock,
+        background=[due_sweeper(scheduler)],
+    )  # fmt: skip
     runtime.metrics.registry.register(WindowsCollector(runtime, settings.closing_alert_days))  # type: ignore[arg-type]
     router = APIRouter(prefix="/v1")
 

@@ -116,63 +116,39 @@ class ClaimHistory:
     @staticmethod
     def from_events(claim_id: str, events: Iterable[Envelope]) -> ClaimHistory:
         """Reduce a claim's events (any order, duplicates allowed) to plain data."""
-        seen: dict[str, Envelope] = {}
-        for ev in events:
-            seen.setdefault(ev.id, ev)
-        regs: list[tuple[Order, ClaimRegistered]] = []
+        return ClaimHistory.from_facts(claim_id, (f for ev in events if (f := fact_of(ev))))
+
+    @staticmethod
+    def from_facts(claim_id: str, facts: Iterable[Sequence[Any]]) -> ClaimHistory:
+        """The same from the events' facts (`fact_of`), as stored by the scheduler:
+        any order, duplicates (by event id) allowed."""
+        seen: dict[str, Sequence[Any]] = {}
+        for f in facts:
+            seen.setdefault(f[3], f)
+        regs: list[tuple[Order, Sequence[Any]]] = []
         markers: list[Marker] = []
         clearances: list[tuple[date, Order, str, date]] = []
-        lists: dict[str, list[Dated]] = {
-            k: [] for k in ("conducted", "waived", "deferred", "booked", "fta", "raised", "done")
-        }
+        lists: dict[str, list[Dated]] = {k: [] for k in _DATED_KINDS}
         closed: list[date] = []
-        for ev in seen.values():
-            day, order = london_date(ev.time), (utc_key(ev.time), ev.id)
-            d: Any = getattr(ev, "data", None)
-            if isinstance(ev, ClaimRegistered):
-                regs.append((order, ev))
-            elif isinstance(ev, MarkerSet):
-                markers.append(Marker(day, order, d.marker.value, d.value))
-            elif isinstance(ev, ClaimCleared):
-                clearances.append((day, order, ev.data.outcome.value, ev.data.received_date))
-            elif isinstance(ev, InterviewConducted):
-                lists["conducted"].append(
-                    Dated(day, order, d.intervention.value, d.jobcentre_id, str(d.duration_minutes))
-                )
-            elif isinstance(ev, InterviewWaived):
-                lists["waived"].append(Dated(day, order, ev.data.intervention.value))
-            elif isinstance(ev, InterviewDeferred):
-                lists["deferred"].append(
-                    Dated(day, order, ev.data.intervention.value, ev.data.deferred_to.isoformat())
-                )
-            elif isinstance(ev, InterviewBooked):
-                lists["booked"].append(
-                    Dated(
-                        day,
-                        order,
-                        ev.data.intervention.value,
-                        ev.data.slot_date.isoformat(),
-                        ev.data.jobcentre_id,
-                    )
-                )
-            elif isinstance(ev, InterviewFailedToAttend):
-                lists["fta"].append(
-                    Dated(day, order, ev.data.intervention.value, ev.data.slot_date.isoformat())
-                )
-            elif isinstance(ev, LmiDoubtRaised):
-                lists["raised"].append(Dated(day, order, LMI, ev.data.doubt_id, ev.data.kind.value))
-            elif isinstance(ev, LmiFollowUpConducted):
-                lists["done"].append(Dated(day, order, LMI, ev.data.doubt_id))
-            elif isinstance(ev, ClaimClosed):
+        fromiso = date.fromisoformat
+        for f in seen.values():
+            kind = f[0]
+            day, order = fromiso(f[1]), (f[2], f[3])
+            if kind == "reg":
+                regs.append((order, f))
+            elif kind == "marker":
+                markers.append(Marker(day, order, f[4], f[5]))
+            elif kind == "cleared":
+                clearances.append((day, order, f[4], fromiso(f[5])))
+            elif kind == "closed":
                 closed.append(day)
+            else:
+                lists[kind].append(Dated(day, order, *f[4:]))
         benefit = start = registered = cc = None
         if regs:
             # The latest registration in event time wins (a corrected re-send).
             _, reg = max(regs, key=lambda x: x[0])
-            benefit = reg.data.benefit.value
-            start = reg.data.claim_start_date
-            registered = london_date(reg.time)
-            cc = reg.data.contact_centre_id
+            benefit, start, registered, cc = reg[4], fromiso(reg[5]), fromiso(reg[1]), reg[6]
 
         def srt(xs: list[Dated]) -> tuple[Dated, ...]:
             return tuple(sorted(xs, key=lambda x: (x.day, x.order)))
@@ -235,6 +211,46 @@ class ClaimHistory:
             ):
                 resets.append(m.day)
         return resets
+
+
+#: Kinds of fact that become a `Dated` (their fields after the event id are
+#: Dated's intervention, ref and extra).
+_DATED_KINDS = ("conducted", "waived", "deferred", "booked", "fta", "raised", "done")
+
+
+def fact_of(ev: Envelope) -> list[Any] | None:
+    """What the rules need of one event, as plain JSON-able data:
+    `[kind, London date, UTC time key, event id, *fields]`; None for an event the
+    rules ignore. The scheduler stores these so that re-evaluating a claim never
+    re-parses its CloudEvents; `ClaimHistory.from_facts` reads them back."""
+    day, key = london_date(ev.time).isoformat(), utc_key(ev.time)
+    head: list[Any] = [day, key, ev.id]
+    d: Any = getattr(ev, "data", None)
+    if isinstance(ev, ClaimRegistered):
+        return ["reg", *head, d.benefit.value, d.claim_start_date.isoformat(), d.contact_centre_id]
+    if isinstance(ev, MarkerSet):
+        return ["marker", *head, d.marker.value, d.value]
+    if isinstance(ev, ClaimCleared):
+        return ["cleared", *head, d.outcome.value, d.received_date.isoformat()]
+    if isinstance(ev, InterviewConducted):
+        iv = d.intervention.value
+        return ["conducted", *head, iv, d.jobcentre_id, str(d.duration_minutes)]
+    if isinstance(ev, InterviewWaived):
+        return ["waived", *head, d.intervention.value]
+    if isinstance(ev, InterviewDeferred):
+        return ["deferred", *head, d.intervention.value, d.deferred_to.isoformat()]
+    if isinstance(ev, InterviewBooked):
+        iv = d.intervention.value
+        return ["booked", *head, iv, d.slot_date.isoformat(), d.jobcentre_id]
+    if isinstance(ev, InterviewFailedToAttend):
+        return ["fta", *head, d.intervention.value, d.slot_date.isoformat()]
+    if isinstance(ev, LmiDoubtRaised):
+        return ["raised", *head, LMI, d.doubt_id, d.kind.value]
+    if isinstance(ev, LmiFollowUpConducted):
+        return ["done", *head, LMI, d.doubt_id]
+    if isinstance(ev, ClaimClosed):
+        return ["closed", *head]
+    return None
 
 
 # --------------------------------------------------------------------------- windows
@@ -527,19 +543,26 @@ def attribute(
         # LMI cases do not wait for eligibility: the BDC cannot have held them up.
         confirmed = received = w.opens
     bdc_days = max(0, (confirmed - received).days)
-    # Days in the window the marker was wrong, and when it last became right.
-    wrong = 0
-    allocated_from: date | None = None
+    # The JOBCENTRE marker's value at the end of each day of the window, in one
+    # sweep over the (sorted) markers.
+    jc_markers = [m for m in h.markers if m.marker == "JOBCENTRE"]
+    i, value = 0, None
+    in_jc: list[bool] = []  # per day of the window: allocated to a Jobcentre
     day = w.opens
     while day <= w.closes:
-        value = h.marker_on("JOBCENTRE", day)
-        if value in jobcentres:
-            if allocated_from is None:
-                allocated_from = day
-        else:
-            wrong += 1
-            allocated_from = None
+        while i < len(jc_markers) and jc_markers[i].day <= day:
+            value = jc_markers[i].value
+            i += 1
+        in_jc.append(value in jobcentres)
         day += timedelta(days=1)
+    # Days in the window the marker was wrong, and when it last became right.
+    wrong = in_jc.count(False)
+    allocated_from: date | None = None
+    for offset, ok in enumerate(in_jc):
+        if not ok:
+            allocated_from = None
+        elif allocated_from is None:
+            allocated_from = w.opens + timedelta(days=offset)
     usable_from = max(confirmed, w.opens)
     bdc_left = (w.closes - usable_from).days + 1
     if bdc_left < min_booking_lead_days:
@@ -548,10 +571,6 @@ def attribute(
         start = max(usable_from, allocated_from) if allocated_from else None
         cc_left = (w.closes - start).days + 1 if start else 0
         stage = Stage.CONTACT_CENTRE if cc_left < min_booking_lead_days else Stage.JOBCENTRE
-    jc_days = 0
-    day = max(usable_from, w.opens)
-    while day <= w.closes:
-        if h.marker_on("JOBCENTRE", day) in jobcentres:
-            jc_days += 1
-        day += timedelta(days=1)
+    first = max((usable_from - w.opens).days, 0)
+    jc_days = in_jc[first:].count(True)
     return Attribution(stage, wrong, bdc_days, jc_days)

@@ -14,10 +14,10 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import and_, case, false, func, or_
 from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, decode, make_event, stream_for
@@ -32,12 +32,13 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
+from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
 from idt_runtime.outbox import add_routed_to_outbox
 
 from .alerts import AlertConfig, alerts_for, next_check
-from .domain import ClaimHistory, RulesConfig, Status, Window, attribute, evaluate
+from .domain import ClaimHistory, RulesConfig, Status, Window, attribute, evaluate, fact_of
 from .models import TABLES, SchAlert, SchClaim, SchClock, SchEvent, SchOffice, SchWindow
 
 SOURCE = "/services/scheduler"
@@ -73,11 +74,20 @@ class SchedulerConfig:
 
 
 def _time_of(key: str) -> datetime:
-    return datetime.strptime(key, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    """The moment of a `utc_key`."""
+    try:
+        return datetime.fromisoformat(key)
+    except ValueError:  # a year before 1000 has fewer than four digits
+        return datetime.strptime(key, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 #: Claims re-evaluated per round of bulk queries.
 RECOMPUTE_CHUNK = 500
+
+#: Claims a tick re-evaluates in its own transaction; `Scheduler.sweep_due` does
+#: the rest, `SWEEP_CHUNK` a transaction.
+TICK_INLINE = 200
+SWEEP_CHUNK = 100
 
 #: Business time and the office registry: what every claim's evaluation reads.
 STATE_SCOPE = "scheduler:business-time-and-registry"
@@ -86,6 +96,28 @@ STATE_SCOPE = "scheduler:business-time-and-registry"
 def business_date(session: Session) -> date | None:
     clock = session.get(SchClock, 1)
     return clock.as_of if clock else None
+
+
+def due_claims(session: Session, as_of: date, limit: int) -> list[str]:
+    """Claims business time (`as_of`) has made due and no evaluation on that date
+    has seen: never evaluated with a business date, or with a `next_check` reached."""
+    c = _CLAIMS
+    never = session.execute(
+        select(c.c.claim_id)
+        .where(c.c.evaluated_as_of.is_(None))
+        .order_by(c.c.claim_id)
+        .limit(limit)
+    ).scalars()
+    out = list(never)
+    if len(out) < limit:
+        reached = session.execute(
+            select(c.c.claim_id)
+            .where(c.c.next_check <= as_of, c.c.evaluated_as_of < as_of)
+            .order_by(c.c.next_check, c.c.claim_id)
+            .limit(limit - len(out))
+        ).scalars()
+        out += reached
+    return out
 
 
 def office_kinds(session: Session) -> dict[str, str]:
@@ -103,23 +135,31 @@ def short_id(prefix: str, text: str, n: int = 40) -> str:
     return f"{prefix}:{hashlib.sha256(text.encode()).hexdigest()[:n]}"
 
 
-def _lock_claims(session: Session, claim_ids: Sequence[str]) -> dict[str, SchClaim]:
-    """The claims' rows, locked (FOR UPDATE, in id order), created where missing."""
-    rows = {
-        c.claim_id: c
-        for c in session.exec(
-            select(SchClaim)
-            .where(col(SchClaim.claim_id).in_(claim_ids))
-            .order_by(SchClaim.claim_id)
-            .with_for_update()
-        ).all()
-    }
-    missing = [SchClaim(claim_id=c) for c in claim_ids if c not in rows]
-    if missing:
-        session.add_all(missing)
-        session.flush()
-        rows.update((c.claim_id, c) for c in missing)
-    return rows
+_CLAIM_COLUMNS = ("claim_id", "facts", "next_check", "jobcentre_marker", "evaluated_as_of")
+
+
+def _lock_claims(session: Session, claim_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The claims' rows that exist, locked (FOR UPDATE, in id order), as dicts."""
+    t = SchClaim.__table__  # type: ignore[attr-defined]
+    rows = session.execute(
+        select(*(t.c[c] for c in _CLAIM_COLUMNS))
+        .where(t.c.claim_id.in_(claim_ids))
+        .order_by(t.c.claim_id)
+        .with_for_update()
+    )
+    return {r[0]: dict(zip(_CLAIM_COLUMNS, r, strict=True)) for r in rows}
+
+
+def _facts_from_events(session: Session, claim_ids: Sequence[str]) -> dict[str, list[Any]]:
+    """Facts of claims stored before facts were (their events' payloads, decoded)."""
+    out: dict[str, list[Any]] = {c: [] for c in claim_ids}
+    for claim_id, payload in session.execute(
+        select(SchEvent.claim_id, SchEvent.payload).where(col(SchEvent.claim_id).in_(claim_ids))
+    ):
+        fact = fact_of(decode(bytes(payload)))
+        if fact is not None:
+            out[claim_id].append(fact)
+    return out
 
 
 def load_history(session: Session, claim_id: str) -> tuple[ClaimHistory, list[Envelope]]:
@@ -147,26 +187,27 @@ class Scheduler:
         # Replicas apply claim events side by side (each claim's row is locked in
         # `recompute`), but never beside a change of business time or registry.
         lock_scope(session, STATE_SCOPE, exclusive=False)
-        claims: dict[str, None] = {}
+        new_facts: dict[str, list[list[Any]]] = defaultdict(list)
         rows: dict[str, dict[str, Any]] = {}
         for ev in events:
             claim_id: str = ev.data.claim_id  # type: ignore[attr-defined]
-            claims[claim_id] = None
+            fact = fact_of(ev)
+            new_facts[claim_id]  # every claim event's claim is re-evaluated
+            if fact is not None:
+                new_facts[claim_id].append(fact)
             rows[ev.id] = {
                 "event_id": ev.id,
                 "claim_id": claim_id,
                 "type": ev.type,
-                "time_key": utc_key(ev.time),
+                "time_key": fact[2] if fact is not None else utc_key(ev.time),
                 "payload": ev.model_dump_json(exclude_none=True).encode(),
             }
         have = set(
             session.exec(select(SchEvent.event_id).where(col(SchEvent.event_id).in_(list(rows))))
         )
         fresh = [row for event_id, row in rows.items() if event_id not in have]
-        if fresh:
-            # The claims' rows are locked in `recompute_many`, before their events are read.
-            session.execute(insert(SchEvent), fresh)
-        self.recompute_many(session, claims)
+        bulk_insert(session, SchEvent.__table__, fresh)  # type: ignore[attr-defined]
+        self.recompute_many(session, new_facts, new_facts=new_facts)
 
     def apply_offices(self, session: Session, events: Sequence[Envelope]) -> None:
         lock_scope(session, STATE_SCOPE, exclusive=True)
@@ -192,6 +233,10 @@ class Scheduler:
             self.recompute_many(session, dict.fromkeys([*claims, *missed]))
 
     def apply_ticks(self, session: Session, events: Sequence[Envelope]) -> None:
+        """Move business time; re-evaluate the claims it makes due, up to
+        `TICK_INLINE` of them in this transaction. The rest are swept a chunk per
+        transaction by `sweep_due` (the service runs it in a loop), so a day with
+        thousands of claims due never holds claim events back for long."""
         lock_scope(session, STATE_SCOPE, exclusive=True)
         moved = advance_clock(session, SchClock, events)
         if moved is None:
@@ -199,23 +244,44 @@ class Scheduler:
         before, as_of = moved
         if before is not None and as_of <= before:
             return  # a later tick on the same business date: nothing new is due
-        q = select(SchClaim.claim_id).where(
-            SchClaim.next_check.is_not(None),  # type: ignore[union-attr]
-            SchClaim.next_check <= as_of,  # type: ignore[operator]
-        )
-        if before is None:
-            q = select(SchClaim.claim_id)  # the first tick: everything gets a business date
-        self.recompute_many(session, dict.fromkeys(session.exec(q).all()))
+        self.recompute_many(session, due_claims(session, as_of, TICK_INLINE))
+
+    def sweep_due(
+        self, session: Session, limit: int = SWEEP_CHUNK, skip: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """Re-evaluate up to `limit` claims that business time made due and no
+        evaluation has caught up with yet (not those in `skip`); returns them."""
+        lock_scope(session, STATE_SCOPE, exclusive=False)
+        as_of = business_date(session)
+        if as_of is None:
+            return []
+        due = due_claims(session, as_of, limit + len(skip))
+        claims = [c for c in due if c not in skip][:limit]
+        self.recompute_many(session, claims)
+        return claims
+
+    def reevaluate(self, session: Session, claim_ids: Sequence[str]) -> None:
+        """Re-evaluate the claims now (as a claim event would)."""
+        lock_scope(session, STATE_SCOPE, exclusive=False)
+        self.recompute_many(session, claim_ids)
 
     # ------------------------------------------------------------------ recompute
 
-    def recompute_many(self, session: Session, claim_ids: Iterable[str]) -> None:
-        """Re-evaluate claims from all their events, a chunk at a time: one query
-        each for the claims (locked), their events, windows and sent alerts, and
-        one insert into the outbox."""
+    def recompute_many(
+        self,
+        session: Session,
+        claim_ids: Iterable[str],
+        *,
+        new_facts: dict[str, list[list[Any]]] | None = None,
+    ) -> None:
+        """Re-evaluate claims from their facts (`new_facts`: facts of events being
+        applied now, added to the claims' stored facts), a chunk at a time: one query
+        each for the claims (locked), windows and sent alerts, and one statement each
+        for what changed (inserts and updates of claims and windows, alerts, outbox)."""
         ids = sorted(set(claim_ids))  # one order everywhere: replicas never deadlock
         if not ids:
             return
+        new_facts = new_facts or {}
         as_of = business_date(session)
         registry = office_kinds(session)
         jcs = jobcentre_ids(registry)
@@ -224,29 +290,48 @@ class Scheduler:
         for start in range(0, len(ids), RECOMPUTE_CHUNK):
             chunk = ids[start : start + RECOMPUTE_CHUNK]
             claims = _lock_claims(session, chunk)
-            payloads: dict[str, list[bytes]] = defaultdict(list)
-            for claim_id, payload in session.exec(
-                select(SchEvent.claim_id, SchEvent.payload).where(col(SchEvent.claim_id).in_(chunk))
-            ):
-                payloads[claim_id].append(bytes(payload))
-            stored: dict[str, list[SchWindow]] = defaultdict(list)
-            for row in session.exec(select(SchWindow).where(col(SchWindow.claim_id).in_(chunk))):
-                stored[row.claim_id].append(row)
+            # Claims stored before their facts were: read their events once.
+            legacy = [c for c, row in claims.items() if row["facts"] is None]
+            old_facts = _facts_from_events(session, legacy) if legacy else {}
+            stored: dict[str, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+            for found in session.execute(select(_WINDOWS).where(_WINDOWS.c.claim_id.in_(chunk))):
+                w = found._asdict()
+                stored[w["claim_id"]][(w["window_id"], w["basis"])] = w
             sent = set(session.exec(select(SchAlert.key).where(col(SchAlert.claim_id).in_(chunk))))
             out: list[tuple[Envelope, str]] = []
+            changes = _Changes()
             for claim_id in chunk:
-                events = [decode(p) for p in payloads[claim_id]]
-                history = ClaimHistory.from_events(claim_id, events)
+                row = claims.get(claim_id)
+                if row is not None and row["facts"] is not None:
+                    facts: list[Any] = json.loads(row["facts"])
+                else:
+                    facts = old_facts.get(claim_id, [])
+                known = {f[3] for f in facts}
+                added = [f for f in new_facts.get(claim_id, ()) if f[3] not in known]
+                facts += added
+                history = ClaimHistory.from_facts(claim_id, facts)
                 windows = evaluate(history, as_of, self.config.rules)
-                latest = max((e.time for e in events), default=datetime(1970, 1, 1, tzinfo=UTC))
+                latest_key = max((f[2] for f in facts), default=None)
+                latest = _time_of(latest_key) if latest_key else _EPOCH
                 now = max(business_time or latest, latest)
-                out += self._store_windows(history, windows, jcs, now, stored[claim_id])
-                out += self._publish_alerts(session, history, windows, as_of, registry, now, sent)
-                claim = claims[claim_id]
-                claim.next_check = next_check(history, windows, as_of, self.config.alerts)
-                claim.jobcentre_marker = history.marker_on("JOBCENTRE", as_of or date.max) or None
-                claim.evaluated_as_of = as_of
-            session.add_all([*claims.values(), *(w for ws in stored.values() for w in ws)])
+                out += self._store_windows(history, windows, jcs, now, stored[claim_id], changes)
+                out += self._publish_alerts(
+                    history, windows, as_of, registry, jcs, now, sent, changes
+                )
+                new = {
+                    "claim_id": claim_id,
+                    "facts": _dumps(facts)
+                    if added or row is None or claim_id in old_facts
+                    else row["facts"],
+                    "next_check": next_check(history, windows, as_of, self.config.alerts),
+                    "jobcentre_marker": history.marker_on("JOBCENTRE", as_of or date.max) or None,
+                    "evaluated_as_of": as_of,
+                }
+                if row is None:
+                    changes.claims_new.append(new)
+                elif new != row:
+                    changes.claims_changed.append(new)
+            changes.write(session)
             add_routed_to_outbox(session, TABLES, out)
 
     def _store_windows(
@@ -255,29 +340,18 @@ class Scheduler:
         windows: Sequence[Window],
         jcs: frozenset[str],
         now: datetime,
-        stored: list[SchWindow],
+        existing: dict[tuple[str, str], dict[str, Any]],
+        changes: _Changes,
     ) -> list[tuple[Envelope, str]]:
-        """Bring the claim's stored windows (`stored`, extended with new ones) up to
-        `windows`; the window-outcome revisions that calls for."""
-        existing = {(w.window_id, w.basis): w for w in stored}
+        """Bring the claim's stored windows (`existing`, by window id and basis) up to
+        `windows`, noting the writes in `changes`; the window-outcome revisions that
+        calls for."""
         outcomes: list[Envelope] = []
         seen: set[tuple[str, str]] = set()  # (window id, basis)
         for w in windows:
             pk: tuple[str, str] = (w.window_id, w.basis)
             seen.add(pk)
-            row = existing.get(pk) or SchWindow(
-                window_id=w.window_id,
-                basis=w.basis,
-                claim_id=h.claim_id,
-                element=w.element,
-                intervention=w.intervention,
-                seq=w.seq,
-                opens=w.opens,
-                closes=w.closes,
-                status=w.status.value,
-            )
-            if pk not in existing:
-                stored.append(row)
+            old = existing.get(pk)
             stage = stage_days = None
             if w.status is Status.MISSED:
                 a = attribute(h, w, jcs, min_booking_lead_days=self.config.min_booking_lead_days)
@@ -288,82 +362,72 @@ class Scheduler:
                     "JOBCENTRE": a.jobcentre_days,
                 }
             slot, state = _booking(h, w)
-            row.opens, row.closes, row.status = w.opens, w.closes, w.status.value
-            row.outcome_date, row.jobcentre_id = w.outcome_date, w.jobcentre_id
-            row.stage = stage
-            row.stage_days = json.dumps(stage_days) if stage_days else None
-            row.clock_start, row.late_interview = w.clock_start, w.late_interview
-            row.early_interviews = ",".join(d.isoformat() for d in w.early_interviews) or None
-            row.booking_slot, row.booking_state = slot, state
-            row.exists_now = True
+            row: dict[str, Any] = {
+                "window_id": w.window_id,
+                "basis": w.basis,
+                "claim_id": h.claim_id,
+                "element": w.element,
+                "intervention": w.intervention,
+                "seq": w.seq,
+                "opens": w.opens,
+                "closes": w.closes,
+                "status": w.status.value,
+                "outcome_date": w.outcome_date,
+                "jobcentre_id": w.jobcentre_id,
+                "stage": stage,
+                "stage_days": json.dumps(stage_days) if stage_days else None,
+                "clock_start": w.clock_start,
+                "early_interviews": ",".join(d.isoformat() for d in w.early_interviews) or None,
+                "late_interview": w.late_interview,
+                "booking_slot": slot,
+                "booking_state": state,
+                "revision": old["revision"] if old else 0,
+                "published": old["published"] if old else None,
+                "exists_now": True,
+            }
             # Publish when the final outcome (or its attribution) changes.
             if w.status.final:
                 signature = f"{w.status.value}|{w.outcome_date}|{w.jobcentre_id}|{stage}"
-            elif row.published is not None:
+            elif row["published"] is not None:
                 signature = "PENDING"
             else:
                 signature = None
-            if signature is not None and signature != row.published:
-                row.revision += 1
-                row.published = signature
+            if signature is not None and signature != row["published"]:
+                row["revision"] += 1
+                row["published"] = signature
                 outcomes.append(
-                    self._outcome_event(row, w.status.value if w.status.final else "PENDING", now)
+                    _outcome_event(row, w.status.value if w.status.final else "PENDING", now)
                 )
-        for pk, row in existing.items():
-            if pk in seen or not row.exists_now:
+            if old is None:
+                changes.windows_new.append(row)
+            elif row != old:
+                changes.windows_changed.append(row)
+        for pk, old in existing.items():
+            if pk in seen or not old["exists_now"]:
                 continue
-            row.exists_now = False
-            row.status = "WITHDRAWN"
-            if row.published is not None:
-                row.revision += 1
-                row.published = "WITHDRAWN"
-                outcomes.append(self._outcome_event(row, "WITHDRAWN", now))
+            row = {**old, "exists_now": False, "status": "WITHDRAWN"}
+            if row["published"] is not None:
+                row["revision"] += 1
+                row["published"] = "WITHDRAWN"
+                outcomes.append(_outcome_event(row, "WITHDRAWN", now))
+            changes.windows_changed.append(row)
         stream = stream_for(WindowOutcome.event_type())
         return [(o, stream) for o in outcomes]
 
-    def _outcome_event(self, row: SchWindow, outcome: str, now: datetime) -> Envelope:
-        """The `window-outcome` revision a stored window now calls for: its final
-        outcome, PENDING (no longer final) or WITHDRAWN (no longer exists)."""
-        final = outcome not in ("PENDING", "WITHDRAWN")
-        return make_event(
-            WindowOutcome,
-            source=SOURCE,
-            time=now,
-            id=f"{short_id('wo', f'{row.window_id}|{row.basis}', 32)}:{row.revision}",
-            data=WindowOutcomeData.model_validate(
-                {
-                    "claim_id": row.claim_id,
-                    "window_id": row.window_id,
-                    "element": row.element,
-                    "intervention": row.intervention,
-                    "basis": row.basis,
-                    "outcome": outcome,
-                    "outcome_date": row.outcome_date if final else None,
-                    "opens": row.opens,
-                    "closes": row.closes,
-                    "jobcentre_id": row.jobcentre_id,
-                    "revision": row.revision,
-                    "stage": row.stage if final else None,
-                    "stage_days": json.loads(row.stage_days) if final and row.stage_days else None,
-                    "late_interview_date": row.late_interview if final else None,
-                },
-                strict=False,
-            ),
-        )
-
     def _publish_alerts(
         self,
-        session: Session,
         h: ClaimHistory,
         windows: Sequence[Window],
         as_of: date | None,
         registry: dict[str, str],
+        jcs: frozenset[str],
         now: datetime,
         sent: set[str],
+        changes: _Changes,
     ) -> list[tuple[Envelope, str]]:
         """The alerts due for the claim that were never sent (`sent`: the keys of
-        the claim's alerts sent so far; updated), recorded as sent."""
-        due = alerts_for(h, windows, as_of, registry, self.config.alerts)
+        the claim's alerts sent so far; updated), recorded as sent in `changes`."""
+        due = alerts_for(h, windows, as_of, registry, self.config.alerts, jcs)
         out: list[tuple[Envelope, str]] = []
         if not due:
             return out
@@ -395,17 +459,77 @@ class Scheduler:
                     strict=False,
                 ),
             )
-            session.add(
-                SchAlert(
-                    key=key,
-                    kind=a.kind,
-                    office_id=a.office_id,
-                    claim_id=a.claim_id,
-                    event_id=event.id,
-                )
+            changes.alerts.append(
+                {
+                    "key": key,
+                    "kind": a.kind,
+                    "office_id": a.office_id,
+                    "claim_id": a.claim_id,
+                    "event_id": event.id,
+                }
             )
             out.append((event, alerts_stream(a.office_id)))
         return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_WINDOWS = SchWindow.__table__  # type: ignore[attr-defined]
+_CLAIMS = SchClaim.__table__  # type: ignore[attr-defined]
+
+
+def _dumps(facts: list[Any]) -> str:
+    return json.dumps(facts, separators=(",", ":"))
+
+
+@dataclass
+class _Changes:
+    """The writes one chunk of re-evaluations calls for, made in a few statements."""
+
+    claims_new: list[dict[str, Any]] = field(default_factory=list)
+    claims_changed: list[dict[str, Any]] = field(default_factory=list)
+    windows_new: list[dict[str, Any]] = field(default_factory=list)
+    windows_changed: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self, session: Session) -> None:
+        bulk_insert(session, _CLAIMS, self.claims_new)
+        bulk_update_by_pk(session, _CLAIMS, self.claims_changed)
+        bulk_insert(session, _WINDOWS, self.windows_new)
+        bulk_update_by_pk(session, _WINDOWS, self.windows_changed)
+        bulk_insert(session, SchAlert.__table__, self.alerts)  # type: ignore[attr-defined]
+
+
+def _outcome_event(row: dict[str, Any], outcome: str, now: datetime) -> Envelope:
+    """The `window-outcome` revision a stored window now calls for: its final
+    outcome, PENDING (no longer final) or WITHDRAWN (no longer exists)."""
+    final = outcome not in ("PENDING", "WITHDRAWN")
+    return make_event(
+        WindowOutcome,
+        source=SOURCE,
+        time=now,
+        id=f"{short_id('wo', row['window_id'] + '|' + row['basis'], 32)}:{row['revision']}",
+        data=WindowOutcomeData.model_validate(
+            {
+                "claim_id": row["claim_id"],
+                "window_id": row["window_id"],
+                "element": row["element"],
+                "intervention": row["intervention"],
+                "basis": row["basis"],
+                "outcome": outcome,
+                "outcome_date": row["outcome_date"] if final else None,
+                "opens": row["opens"],
+                "closes": row["closes"],
+                "jobcentre_id": row["jobcentre_id"],
+                "revision": row["revision"],
+                "stage": row["stage"] if final else None,
+                "stage_days": json.loads(row["stage_days"])
+                if final and row["stage_days"]
+                else None,
+                "late_interview_date": row["late_interview"] if final else None,
+            },
+            strict=False,
+        ),
+    )
 
 
 def _booking(h: ClaimHistory, w: Window) -> tuple[date | None, str | None]:
@@ -560,27 +684,33 @@ def open_windows_by_district(
     as_of = business_date(session)
     districts = dict(session.exec(select(SchOffice.office_id, SchOffice.district)).all())
     kinds = dict(session.exec(select(SchOffice.office_id, SchOffice.kind)).all())
-    rows = session.exec(
-        select(
-            col(SchWindow.element),
-            col(SchWindow.jobcentre_id),
-            col(SchWindow.closes),
-            col(SchWindow.booking_state),
-        ).where(
-            SchWindow.basis == "policy",
-            SchWindow.exists_now == True,  # noqa: E712
-            col(SchWindow.status).in_([Status.OPEN.value, Status.UPCOMING.value]),
+    w = _WINDOWS
+    # Counted by the database (one row per element, Jobcentre and risk), not row
+    # by row in Python: a scrape costs little however many windows are open.
+    unbooked = or_(w.c.booking_state.is_(None), w.c.booking_state.not_in(["BOOKED", "CONDUCTED"]))
+    at_risk = (
+        and_(w.c.closes <= as_of + timedelta(days=closing_days), unbooked)
+        if as_of is not None
+        else false()
+    )
+    risky = case((at_risk, 1), else_=0)
+    rows = session.execute(
+        select(w.c.element, w.c.jobcentre_id, func.count(), func.sum(risky))
+        .where(
+            w.c.basis == "policy",
+            w.c.exists_now == True,  # noqa: E712
+            w.c.status.in_([Status.OPEN.value, Status.UPCOMING.value]),
         )
+        .group_by(w.c.element, w.c.jobcentre_id)
     ).all()
     open_: dict[tuple[str, str], int] = {}
     risk: dict[tuple[str, str], int] = {}
-    for element, jc, closes, booking in rows:
+    for element, jc, n, n_risk in rows:
         district = districts.get(jc) if jc and kinds.get(jc) == "JOBCENTRE" else None
         key = (element, district or "UNALLOCATED")
-        open_[key] = open_.get(key, 0) + 1
-        booked = booking in ("BOOKED", "CONDUCTED")
-        if as_of is not None and (closes - as_of).days <= closing_days and not booked:
-            risk[key] = risk.get(key, 0) + 1
+        open_[key] = open_.get(key, 0) + n
+        if n_risk:
+            risk[key] = risk.get(key, 0) + int(n_risk)
     return open_, risk
 
 

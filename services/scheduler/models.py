@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import Column, LargeBinary
+from sqlalchemy import Column, LargeBinary, Text
 from sqlmodel import Field, SQLModel
 
 from idt_runtime.db import runtime_tables
@@ -31,7 +31,10 @@ class SchClaim(SQLModel, table=True):
     claim_id: str = Field(primary_key=True, max_length=64)
     next_check: date | None = Field(default=None, index=True)
     jobcentre_marker: str | None = Field(default=None, index=True, max_length=32)
-    evaluated_as_of: date | None = None
+    evaluated_as_of: date | None = Field(default=None, index=True)
+    #: What the rules need of each of the claim's events (`domain.fact_of`), a JSON
+    #: list; NULL for a claim stored before facts were kept (read from its events).
+    facts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class SchOffice(SQLModel, table=True):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, stream_for
@@ -23,6 +23,7 @@ from idt_contract.events import (
     WindowOutcome,
 )
 from idt_domain.calendar import london_date, working_days_between
+from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
 from idt_runtime.consumer import Applier
 from idt_runtime.latest import advance_clock, upsert_latest_many
 from idt_runtime.latest import all_of as _all
@@ -74,10 +75,8 @@ def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
             "stage": d.stage.value if d.stage else None,
         }  # fmt: skip
         (updates if old is not None else inserts).append(row)
-    if inserts:
-        session.execute(insert(ScoOutcome), inserts)
-    if updates:
-        session.execute(update(ScoOutcome), updates)
+    bulk_insert(session, t, inserts)
+    bulk_update_by_pk(session, t, updates)
 
 
 def apply_offices(session: Session, events: Sequence[Envelope]) -> None:
@@ -103,8 +102,7 @@ def _insert_new(session: Session, model: Any, rows: list[dict[str, Any]]) -> Non
         ).scalars()
     )
     fresh = {r["event_id"]: r for r in rows if r["event_id"] not in have}
-    if fresh:
-        session.execute(insert(model), list(fresh.values()))
+    bulk_insert(session, t, list(fresh.values()))
 
 
 def apply_interviews(session: Session, events: Sequence[Envelope]) -> None:

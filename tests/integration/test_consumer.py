@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, func, select
 from sqlmodel import Session
@@ -329,3 +332,81 @@ def test_a_dead_letter_never_keeps_an_ni_number(cc, r):
     assert b"JT123456C" not in b"".join(fields.values())
     assert b"[NI-NUMBER-REDACTED]" in fields[b"original:__data__"]
     assert fields[b"original_redacted"] == b"1"
+
+
+@pytest.mark.asyncio
+async def test_batches_of_several_streams_share_a_transaction_and_a_failure_stays_alone(
+    redis_url, tmp_path
+):
+    """Batches that arrive while a commit runs are committed together (one applier
+    call for streams sharing an applier); when that shared transaction fails, each
+    batch is committed on its own, so only the failing entry is held back."""
+    calls: list[list[str]] = []
+    started, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def applier(session, events):
+        ids = [e.id for e in events]
+        calls.append(ids)
+        if ids[0].startswith("first"):
+            loop.call_soon_threadsafe(started.set)
+            release.wait(10)  # hold the first commit until the others are waiting
+        if "bad" in ids:
+            raise ValueError("cannot apply 'bad'")
+
+    metadata = MetaData()
+    tables = runtime_tables("grp", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/grp.db")
+    metadata.create_all(engine)
+    client = redis.asyncio.from_url(redis_url)
+    # Two batches of one stream and one of another, all with the same applier.
+    streams = ["idt:claim-registered", "idt:marker-set", "idt:claim-registered"]
+    consumer = EventConsumer(
+        service="grp", group="grp", consumer="grp-1", redis=client, engine=engine,
+        tables=tables, appliers=dict.fromkeys(streams, applier), metrics=RuntimeMetrics("grp"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+
+    def entry(event_id: str, stream: str) -> tuple[bytes, dict[bytes, bytes]]:
+        fields = entry_fields(claim_registered(f"C-{event_id}", event_id=event_id))
+        if stream == "idt:marker-set":
+            fields = entry_fields(marker(f"C-{event_id}", "JC0101", event_id=event_id))
+        entry_id = client_sync.xadd(stream, fields)
+        return entry_id, {(k.encode() if isinstance(k, str) else k): v for k, v in fields.items()}
+
+    client_sync = redis.Redis.from_url(redis_url)
+
+    async def handle(stream: str, *event_ids: str):
+        got = [entry(e, stream) for e in event_ids]
+        return await consumer.handle(stream, [g[0] for g in got], [g[1] for g in got])
+
+    first = asyncio.create_task(handle(streams[0], "first"))
+    await asyncio.wait_for(started.wait(), 10)
+    second = asyncio.create_task(handle(streams[1], "m1", "m2"))
+    third = asyncio.create_task(handle(streams[2], "c1"))
+    await asyncio.sleep(0.2)  # both are waiting for the next shared transaction
+    release.set()
+    results = await asyncio.gather(first, second, third)
+    assert calls == [["first"], ["m1", "m2", "c1"]]  # one call for the two waiting
+    assert [len(r.applied) for r in results] == [1, 2, 1]
+
+    calls.clear()
+    started.clear()
+    release.clear()
+    first = asyncio.create_task(handle(streams[0], "first2"))
+    await asyncio.wait_for(started.wait(), 10)
+    second = asyncio.create_task(handle(streams[1], "m3", "bad"))
+    third = asyncio.create_task(handle(streams[2], "c2"))
+    await asyncio.sleep(0.2)
+    release.set()
+    first_r, second_r, third_r = await asyncio.gather(first, second, third)
+    assert len(first_r.applied) == 1
+    assert calls[1] == ["m3", "bad", "c2"]  # shared, failed: then each batch alone
+    assert len(third_r.applied) == 1 and not third_r.failed
+    assert len(second_r.applied) == 1 and len(second_r.failed) == 1  # only "bad" held back
+    with Session(engine) as s:
+        done = set(s.execute(select(tables.processed.c.event_id)).scalars())
+    assert done == {"first", "m1", "m2", "c1", "first2", "m3", "c2"}
+    await client.aclose()
+    client_sync.close()
+    engine.dispose()

@@ -234,3 +234,64 @@ def test_claim_and_jobcentre_queries(sched, r):
     bad = sched.get("/v1/jobcentres/JC0101/windows", params={"status": "late"})
     assert bad.status_code == 422
     assert sched.get("/health").json()["status"] == "ok"
+
+
+SWEEP_CLAIMS = [f"SWEEP-{i}" for i in range(7)]
+
+
+@pytest.fixture
+def sweeping(r, redis_url, var_dir, database_url, monkeypatch):
+    """A scheduler whose ticks re-evaluate one due claim themselves and whose
+    sweeper does two a transaction, with seven IB claims whose windows close on
+    1 April, their WINDOW_OPENED alerts sent."""
+    from services.scheduler import handlers
+
+    monkeypatch.setattr(handlers, "TICK_INLINE", 1)
+    monkeypatch.setattr(handlers, "SWEEP_CHUNK", 2)
+    register_offices(r)
+    settings = SchedulerSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50,
+        database_url=database_url,
+    )  # fmt: skip
+    with TestClient(create_app(settings)) as sched:
+        tick(r, "2007-01-02")
+        for claim_id in SWEEP_CLAIMS:
+            c = Claim(claim_id, benefit="IB", start="2007-01-01").cleared("2007-01-20")
+            publish(r, c)
+        wait_for(lambda: kinds(r, "JC0101")["WINDOW_OPENED"] == len(SWEEP_CLAIMS))
+        yield sched
+
+
+def closing_alerts(r: redis.Redis) -> set[str]:
+    return {a.data.claim_id for a in alerts(r, "JC0101") if a.data.kind == "WINDOW_CLOSING"}
+
+
+def counter(client: TestClient, name: str) -> float:
+    lines = [ln for ln in client.get("/metrics").text.splitlines() if ln.startswith(name + "{")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_claims_a_tick_makes_due_beyond_its_own_share_are_swept(sweeping, r):
+    """A tick re-evaluates only `TICK_INLINE` claims itself; the sweeper does the rest
+    a chunk per transaction, so every claim still gets its alert."""
+    tick(r, "2007-03-25")  # 7 days before every window's close on 1 April
+    wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS), timeout=15)
+    assert closing_alerts(r) == set(SWEEP_CLAIMS)
+    assert counter(sweeping, "idt_claims_swept_total") >= 6  # all but the tick's own one
+
+
+def test_a_claim_that_cannot_be_reevaluated_does_not_hold_back_the_sweep(sweeping, r, monkeypatch):
+    from services.scheduler import handlers
+
+    real = handlers.evaluate
+
+    def broken(history, as_of, config=None):  # type: ignore[no-untyped-def]
+        if history.claim_id == "SWEEP-3":
+            raise RuntimeError("a claim the rules cannot evaluate")
+        return real(history, as_of, config)
+
+    monkeypatch.setattr(handlers, "evaluate", broken)
+    tick(r, "2007-03-25")
+    wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS) - 1, timeout=15)
+    assert closing_alerts(r) == set(SWEEP_CLAIMS) - {"SWEEP-3"}
+    assert counter(sweeping, "idt_sweep_failures_total") >= 1
