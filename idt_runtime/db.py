@@ -8,7 +8,9 @@ share one PostgreSQL database. Schemas are created by Alembic migrations
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,7 @@ def make_engine(url: str) -> Engine:
             # below opens every transaction itself.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _wal_mode(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
             # 32 MiB of page cache per connection (SQLite's default is 2 MiB): a
             # store of a national year is hundreds of MiB, and every page that
@@ -68,6 +70,27 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _wal_mode(cur: Any, *, timeout_s: float = 30.0) -> None:
+    """Put the file in WAL mode (it stays so: later connections find it there).
+    Changing the journal mode needs the file to itself, and SQLite answers "database
+    is locked" at once, without its busy handler, while another connection reads or
+    writes: replicas opening a new file together retry here for up to `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.005
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
