@@ -145,6 +145,10 @@ def due_sweeper(
         return done
 
     async def run(runtime: ServiceRuntime) -> None:
+        # Both counters exported from the start at 0, so that a first failure is
+        # an increase Prometheus sees (the IdtClaimsNotReevaluated alert).
+        runtime.metrics.swept.labels(runtime.spec.name)
+        runtime.metrics.sweep_failures.labels(runtime.spec.name)
         while True:
             await asyncio.sleep(interval_s)
             try:
