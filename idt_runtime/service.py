@@ -239,10 +239,16 @@ class ServiceRuntime:
         checks: dict[str, str] = {}
         try:
             assert self.redis is not None
-            await self.redis.ping()
+            try:
+                await self.redis.ping()
+            except (aredis.ConnectionError, aredis.TimeoutError):
+                # A pooled connection a restarted Redis broke (the pool drops it
+                # on this error): whether Redis answers now is one more try away.
+                await self.redis.ping()
             checks["redis"] = "ok"
         except Exception as exc:
-            checks["redis"] = f"error: {exc!r}"
+            # redis-py 8's repr of its errors drops the message ("network:...").
+            checks["redis"] = f"error: {type(exc).__name__}: {exc}"
         try:
             assert self.engine is not None
             engine = self.engine

@@ -388,3 +388,22 @@ def test_intake_keeps_working_while_redis_is_down_and_publishes_when_it_is_back(
             assert len({e.id for e in stream_events(r, "idt:claim-registered", "UP-1")}) == 1
     finally:
         server.stop()
+
+
+def test_health_is_ok_at_once_when_redis_is_back(tmp_path):
+    """A restarted Redis leaves the service's pooled connections broken: /health
+    answers from a fresh one, not with the broken one's error."""
+    data = tmp_path / "redis"
+    server = EmbeddedRedis(data, aof=True).start()
+    port = server.port
+    try:
+        register_offices(redis.Redis.from_url(server.url))
+        app = create_app(settings_for(server.url, tmp_path / "var"), FixedClock(CLOCK))
+        with TestClient(app) as client:
+            wait_for(lambda: client.get("/health").status_code == 200)
+            server.crash()
+            server = EmbeddedRedis(data, port=port, aof=True).start()
+            body = client.get("/health").json()
+            assert body["checks"]["redis"] == "ok", body
+    finally:
+        server.stop()
