@@ -84,6 +84,8 @@ class BatchResult:
 #: failure, deadlock, unique violation): run it again at once.
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 CONFLICT_RETRIES = 5
+#: At most this many entries in one shared transaction (`_commit_grouped`).
+GROUP_MAX_ENTRIES = 5_000
 
 
 def is_conflict(exc: BaseException) -> bool:
@@ -93,6 +95,13 @@ def is_conflict(exc: BaseException) -> bool:
         # SQLite gives no SQLSTATE; its unique violations can only come from a
         # race if BEGIN IMMEDIATE were off, so a retry is harmless there too.
         return True
+    return isinstance(exc, DBAPIError) and _sqlstate(exc) in _CONFLICT_SQLSTATES
+
+
+def is_race(exc: BaseException) -> bool:
+    """A conflict PostgreSQL says another transaction caused (a unique violation,
+    a deadlock, a serialization failure). Unlike `is_conflict`, never a SQLite
+    integrity error: with BEGIN IMMEDIATE that is the transaction's own fault."""
     return isinstance(exc, DBAPIError) and _sqlstate(exc) in _CONFLICT_SQLSTATES
 
 
@@ -134,6 +143,11 @@ class EventConsumer:
         self.engine = engine
         self.tables = tables
         self.appliers = appliers
+        # In a shared transaction appliers run in the order `appliers` lists them:
+        # a service lists first those taking locks exclusively (the scheduler's
+        # ticks and registry), since a lock held shared and then asked for
+        # exclusively deadlocks with a replica holding it shared.
+        self._applier_rank = {a: i for i, a in enumerate(dict.fromkeys(appliers.values()))}
         self.metrics = metrics
         # Only stamps processed_at for operators; never a business date.
         self._now = clock_now or (lambda: datetime.now(UTC))
@@ -264,7 +278,15 @@ class EventConsumer:
 
     async def _commit_waiting(self) -> None:
         while self._waiting:
-            group, self._waiting = self._waiting, []
+            # Every waiting batch, up to GROUP_MAX_ENTRIES entries (always one
+            # batch): bound parameters in one statement have limits (SQLite's
+            # 32,766, PostgreSQL's 65,535) that a larger group would exceed.
+            take, total = 0, 0
+            for _, items, _ in self._waiting:
+                if take and total + len(items) > GROUP_MAX_ENTRIES:
+                    break
+                take, total = take + 1, total + len(items)
+            group, self._waiting = self._waiting[:take], self._waiting[take:]
             batches = [(stream, items) for stream, items, _ in group]
             try:
                 results = await self._retrying(batches)
@@ -348,7 +370,7 @@ class EventConsumer:
                             "processed_at": now,
                         }
                     )
-            for applier, fresh in calls.items():
+            for applier, fresh in sorted(calls.items(), key=lambda c: self._applier_rank[c[0]]):
                 applier(session, fresh)
             bulk_insert(session, processed, rows)
         return results

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
-from idt_runtime.consumer import is_conflict, is_infra
+from idt_runtime.consumer import is_infra, is_race
 from idt_runtime.db import write_lock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
@@ -122,8 +122,9 @@ def due_sweeper(
             with write_lock(engine), Session(engine) as s, s.begin():
                 return len(scheduler.sweep_due(s, skip=skip))
         except Exception as exc:
-            if is_infra(exc) or is_conflict(exc):
+            if is_infra(exc) or is_race(exc):
                 raise  # the database away, or a replica got there first: next time
+            log.warning("scheduler: a sweep chunk failed (%r); one claim at a time", exc)
         # A claim in the chunk cannot be evaluated: one claim at a time, to find it.
         with Session(engine) as s:
             as_of = handlers.business_date(s)
@@ -135,7 +136,7 @@ def due_sweeper(
                     scheduler.reevaluate(s, [claim_id])
                 done += 1
             except Exception as exc:
-                if is_infra(exc) or is_conflict(exc):
+                if is_infra(exc) or is_race(exc):
                     raise
                 assert as_of is not None
                 failing[claim_id] = as_of

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from idt_contract.events import (
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
 from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
+from idt_runtime.consumer import is_infra, is_race
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
 from idt_runtime.outbox import add_routed_to_outbox
@@ -40,6 +42,8 @@ from idt_runtime.outbox import add_routed_to_outbox
 from .alerts import AlertConfig, alerts_for, next_check
 from .domain import ClaimHistory, RulesConfig, Status, Window, attribute, evaluate, fact_of
 from .models import TABLES, SchAlert, SchClaim, SchClock, SchEvent, SchOffice, SchWindow
+
+log = logging.getLogger("idt.scheduler")
 
 SOURCE = "/services/scheduler"
 
@@ -178,9 +182,14 @@ class Scheduler:
         self.config = config or SchedulerConfig()
 
     def appliers(self) -> dict[str, Any]:
-        out: dict[str, Any] = {stream_for(t): self.apply_claim_events for t in CLAIM_EVENT_TYPES}
-        out[stream_for("office-registered")] = self.apply_offices
-        out[stream_for("clock-tick")] = self.apply_ticks
+        # Those taking STATE_SCOPE exclusively first: in a transaction shared by
+        # several streams' batches they run first (EventConsumer), so that the
+        # lock is never asked for exclusively while held shared.
+        out: dict[str, Any] = {
+            stream_for("clock-tick"): self.apply_ticks,
+            stream_for("office-registered"): self.apply_offices,
+        }
+        out.update({stream_for(t): self.apply_claim_events for t in CLAIM_EVENT_TYPES})
         return out
 
     def apply_claim_events(self, session: Session, events: Sequence[Envelope]) -> None:
@@ -244,7 +253,19 @@ class Scheduler:
         before, as_of = moved
         if before is not None and as_of <= before:
             return  # a later tick on the same business date: nothing new is due
-        self.recompute_many(session, due_claims(session, as_of, TICK_INLINE))
+        due = due_claims(session, as_of, TICK_INLINE)
+        try:
+            with session.begin_nested():
+                self.recompute_many(session, due)
+        except Exception as exc:
+            if is_infra(exc) or is_race(exc):
+                raise
+            # A claim the rules cannot evaluate must not stop business time (the
+            # tick would be retried, then dead-lettered, and the clock never move):
+            # the tick's own claims are left due, and the sweeper, which sets such
+            # a claim aside on its own, re-evaluates them.
+            log.error("scheduler: re-evaluating the claims the tick of %s made due "
+                      "failed; the sweeper takes them: %r", as_of, exc)  # fmt: skip
 
     def sweep_due(
         self, session: Session, limit: int = SWEEP_CHUNK, skip: frozenset[str] = frozenset()

@@ -410,3 +410,80 @@ async def test_batches_of_several_streams_share_a_transaction_and_a_failure_stay
     await client.aclose()
     client_sync.close()
     engine.dispose()
+
+
+async def _claims_then_markers(redis_url: str, tmp_path: Path) -> list[tuple[str, list[str]]]:
+    """A consumer listing a markers applier before a claims one; a claims batch
+    holds the first commit while a claims batch, then a markers batch, arrive.
+    Returns the applier calls, in order."""
+    calls: list[tuple[str, list[str]]] = []
+    started, release = asyncio.Event(), threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def claims_applier(session, events):
+        ids = [e.id for e in events]
+        calls.append(("claims", ids))
+        if ids == ["first"]:
+            loop.call_soon_threadsafe(started.set)
+            release.wait(10)
+
+    def markers_applier(session, events):
+        calls.append(("markers", [e.id for e in events]))
+
+    metadata = MetaData()
+    tables = runtime_tables("ord", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/ord.db")
+    metadata.create_all(engine)
+    client = redis.asyncio.from_url(redis_url)
+    client_sync = redis.Redis.from_url(redis_url)
+    consumer = EventConsumer(
+        service="ord", group="ord", consumer="ord-1", redis=client, engine=engine,
+        tables=tables, metrics=RuntimeMetrics("ord"),
+        appliers={"idt:marker-set": markers_applier, "idt:claim-registered": claims_applier},
+    )  # fmt: skip
+    await consumer.ensure_groups()
+
+    async def handle(stream: str, event_id: str):
+        if stream == "idt:marker-set":
+            fields = entry_fields(marker(f"C-{event_id}", "JC0101", event_id=event_id))
+        else:
+            fields = entry_fields(claim_registered(f"C-{event_id}", event_id=event_id))
+        entry_id = client_sync.xadd(stream, fields)
+        data = {(k.encode() if isinstance(k, str) else k): v for k, v in fields.items()}
+        return await consumer.handle(stream, [entry_id], [data])
+
+    first = asyncio.create_task(handle("idt:claim-registered", "first"))
+    await asyncio.wait_for(started.wait(), 10)
+    claims = asyncio.create_task(handle("idt:claim-registered", "c1"))
+    await asyncio.sleep(0.1)
+    markers = asyncio.create_task(handle("idt:marker-set", "m1"))
+    await asyncio.sleep(0.2)  # both wait for the next shared transaction, c1 first
+    release.set()
+    results = await asyncio.gather(first, claims, markers)
+    assert [len(r.applied) for r in results] == [1, 1, 1]
+    await client.aclose()
+    client_sync.close()
+    engine.dispose()
+    return calls
+
+
+@pytest.mark.asyncio
+async def test_in_a_shared_transaction_appliers_run_in_the_order_the_service_lists_them(
+    redis_url, tmp_path
+):
+    """Whichever batch arrived first, the applier listed first runs first (the
+    scheduler lists first the appliers taking its state lock exclusively)."""
+    calls = await _claims_then_markers(redis_url, tmp_path)
+    assert calls == [("claims", ["first"]), ("markers", ["m1"]), ("claims", ["c1"])]
+
+
+@pytest.mark.asyncio
+async def test_a_shared_transaction_takes_at_most_group_max_entries(
+    redis_url, tmp_path, monkeypatch
+):
+    """Past the cap, waiting batches wait for the next transaction, in arrival order."""
+    import idt_runtime.consumer
+
+    monkeypatch.setattr(idt_runtime.consumer, "GROUP_MAX_ENTRIES", 1)
+    calls = await _claims_then_markers(redis_url, tmp_path)
+    assert calls == [("claims", ["first"]), ("claims", ["c1"]), ("markers", ["m1"])]
