@@ -200,6 +200,41 @@ def test_window_outcomes_are_published_and_revised_by_a_late_event(sched, r):
     assert len(outcomes(r)) == count
 
 
+def policy_outcome(r: redis.Redis, claim_id: str) -> str | None:
+    """The current (highest revision) policy-basis outcome of the claim's window."""
+    mine = [o for o in outcomes(r) if o.data.claim_id == claim_id and o.data.basis == "policy"]
+    return max(mine, key=lambda o: o.data.revision).data.outcome.value if mine else None
+
+
+def test_claims_whose_facts_are_cleared_are_reevaluated_from_their_events(sched, r):
+    """docs/deployment.md's repair after an older scheduler ran beside this one: an
+    event recorded without its fact (as an older replica records it) is missed, until
+    facts are cleared and claims marked unevaluated; the sweeper then rebuilds the
+    facts from the recorded events and corrects the outcome."""
+    from sqlalchemy import text
+    from sqlmodel import Session
+
+    from idt_domain.calendar import utc_key
+    from services.scheduler.models import SchEvent
+
+    tick(r, "2007-01-02")
+    c = Claim("OLD-1", benefit="IB", start="2007-01-01").cleared("2007-01-20")
+    publish(r, c)
+    settle(sched, *(e.id for e in c.events), "tick-2007-01-02")
+    held = c.conducted("2007-03-05").events[-1]
+    engine = sched.app.state.runtime.engine
+    with Session(engine) as s, s.begin():  # an older replica: the event, no fact
+        s.add(SchEvent(
+            event_id=held.id, claim_id="OLD-1", type=held.type, time_key=utc_key(held.time),
+            payload=held.model_dump_json(exclude_none=True).encode(),
+        ))  # fmt: skip
+    tick(r, "2007-04-10")  # after the window closed, from the facts: no interview
+    wait_for(lambda: policy_outcome(r, "OLD-1") == "MISSED", timeout=15)
+    with Session(engine) as s, s.begin():
+        s.execute(text("UPDATE sch_claims SET facts = NULL, evaluated_as_of = NULL"))
+    wait_for(lambda: policy_outcome(r, "OLD-1") == "MET", timeout=15)
+
+
 def test_claim_and_jobcentre_queries(sched, r):
     tick(r, "2007-03-01")
     a = Claim("Q-1", benefit="IB", start="2007-01-01").cleared("2007-01-20")
@@ -295,3 +330,24 @@ def test_a_claim_that_cannot_be_reevaluated_does_not_hold_back_the_sweep(sweepin
     wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS) - 1, timeout=15)
     assert closing_alerts(r) == set(SWEEP_CLAIMS) - {"SWEEP-3"}
     assert counter(sweeping, "idt_sweep_failures_total") >= 1
+
+
+def test_a_claim_that_cannot_be_reevaluated_does_not_stop_business_time(sweeping, r, monkeypatch):
+    """The claim a tick re-evaluates itself (SWEEP-0: due first) fails: the tick
+    still moves business time, and the sweeper does the rest, that claim set aside."""
+    from services.scheduler import handlers
+
+    real = handlers.evaluate
+
+    def broken(history, as_of, config=None):  # type: ignore[no-untyped-def]
+        if history.claim_id == "SWEEP-0":
+            raise RuntimeError("a claim the rules cannot evaluate")
+        return real(history, as_of, config)
+
+    monkeypatch.setattr(handlers, "evaluate", broken)
+    tick(r, "2007-03-25")
+    wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS) - 1, timeout=15)
+    assert closing_alerts(r) == set(SWEEP_CLAIMS) - {"SWEEP-0"}
+    assert sweeping.get("/v1/claims/SWEEP-1").json()["as_of"] == "2007-03-25"
+    wait_for(lambda: r.xpending("idt:clock-tick", "scheduler")["pending"] == 0)
+    assert r.xlen("idt:dead-letters") == 0
