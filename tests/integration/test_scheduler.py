@@ -306,6 +306,20 @@ def counter(client: TestClient, name: str) -> float:
     return float(lines[0].split()[-1]) if lines else 0.0
 
 
+def cannot_evaluate(monkeypatch: pytest.MonkeyPatch, claim_id: str) -> None:
+    """The rules raise for this claim (and only this one) from now on."""
+    from services.scheduler import handlers
+
+    real = handlers.evaluate
+
+    def broken(history, as_of, config=None):  # type: ignore[no-untyped-def]
+        if history.claim_id == claim_id:
+            raise RuntimeError("a claim the rules cannot evaluate")
+        return real(history, as_of, config)
+
+    monkeypatch.setattr(handlers, "evaluate", broken)
+
+
 def test_claims_a_tick_makes_due_beyond_its_own_share_are_swept(sweeping, r):
     """A tick re-evaluates only `TICK_INLINE` claims itself; the sweeper does the rest
     a chunk per transaction, so every claim still gets its alert."""
@@ -316,16 +330,7 @@ def test_claims_a_tick_makes_due_beyond_its_own_share_are_swept(sweeping, r):
 
 
 def test_a_claim_that_cannot_be_reevaluated_does_not_hold_back_the_sweep(sweeping, r, monkeypatch):
-    from services.scheduler import handlers
-
-    real = handlers.evaluate
-
-    def broken(history, as_of, config=None):  # type: ignore[no-untyped-def]
-        if history.claim_id == "SWEEP-3":
-            raise RuntimeError("a claim the rules cannot evaluate")
-        return real(history, as_of, config)
-
-    monkeypatch.setattr(handlers, "evaluate", broken)
+    cannot_evaluate(monkeypatch, "SWEEP-3")
     tick(r, "2007-03-25")
     wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS) - 1, timeout=15)
     assert closing_alerts(r) == set(SWEEP_CLAIMS) - {"SWEEP-3"}
@@ -335,16 +340,7 @@ def test_a_claim_that_cannot_be_reevaluated_does_not_hold_back_the_sweep(sweepin
 def test_a_claim_that_cannot_be_reevaluated_does_not_stop_business_time(sweeping, r, monkeypatch):
     """The claim a tick re-evaluates itself (SWEEP-0: due first) fails: the tick
     still moves business time, and the sweeper does the rest, that claim set aside."""
-    from services.scheduler import handlers
-
-    real = handlers.evaluate
-
-    def broken(history, as_of, config=None):  # type: ignore[no-untyped-def]
-        if history.claim_id == "SWEEP-0":
-            raise RuntimeError("a claim the rules cannot evaluate")
-        return real(history, as_of, config)
-
-    monkeypatch.setattr(handlers, "evaluate", broken)
+    cannot_evaluate(monkeypatch, "SWEEP-0")
     tick(r, "2007-03-25")
     wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS) - 1, timeout=15)
     assert closing_alerts(r) == set(SWEEP_CLAIMS) - {"SWEEP-0"}
