@@ -88,21 +88,20 @@ CONFLICT_RETRIES = 5
 GROUP_MAX_ENTRIES = 5_000
 
 
-def is_conflict(exc: BaseException) -> bool:
-    """A concurrent replica got there first: two inserted the same new row, or
-    PostgreSQL broke a deadlock. Retrying the whole transaction sees its work."""
-    if isinstance(exc, IntegrityError) and _sqlstate(exc) in (None, "23505"):
-        # SQLite gives no SQLSTATE; its unique violations can only come from a
-        # race if BEGIN IMMEDIATE were off, so a retry is harmless there too.
-        return True
-    return isinstance(exc, DBAPIError) and _sqlstate(exc) in _CONFLICT_SQLSTATES
-
-
 def is_race(exc: BaseException) -> bool:
     """A conflict PostgreSQL says another transaction caused (a unique violation,
-    a deadlock, a serialization failure). Unlike `is_conflict`, never a SQLite
-    integrity error: with BEGIN IMMEDIATE that is the transaction's own fault."""
+    a deadlock, a serialization failure)."""
     return isinstance(exc, DBAPIError) and _sqlstate(exc) in _CONFLICT_SQLSTATES
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """A concurrent replica got there first: two inserted the same new row, or
+    PostgreSQL broke a deadlock. Retrying the whole transaction sees its work.
+    Unlike `is_race`, also any SQLite integrity error: SQLite gives no SQLSTATE,
+    and its unique violations could only come from a race if BEGIN IMMEDIATE were
+    off, so a retry is harmless there (the sweeper, which isolates failing claims,
+    asks `is_race` instead)."""
+    return is_race(exc) or (isinstance(exc, IntegrityError) and _sqlstate(exc) is None)
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -291,8 +290,9 @@ class EventConsumer:
             try:
                 results = await self._retrying(batches)
             except asyncio.CancelledError:
-                for *_, future in group:
+                for *_, future in (*group, *self._waiting):
                     future.cancel()
+                self._waiting = []
                 raise
             except Exception as exc:
                 for *_, future in group:
@@ -319,18 +319,13 @@ class EventConsumer:
             except Exception as exc:
                 if not is_conflict(exc) or attempt == CONFLICT_RETRIES - 1:
                     raise
-                streams = ",".join(sorted({s for s, _ in batches}))
-                for stream in {s for s, _ in batches}:
+                streams = sorted({s for s, _ in batches})
+                for stream in streams:
                     self.metrics.conflicts.labels(self.service, stream).inc()
                 log.info("%s: %s batch conflicted with a replica (%r); retrying", self.service,
-                         streams, getattr(exc, "orig", exc))  # fmt: skip
+                         ",".join(streams), getattr(exc, "orig", exc))  # fmt: skip
                 await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
-
-    def _commit(
-        self, stream: str, items: Sequence[tuple[RawEntry, Envelope]]
-    ) -> tuple[list[str], list[str]]:
-        return self._commit_batches([(stream, items)])[0]
 
     def _commit_batches(
         self, batches: Sequence[tuple[str, Sequence[tuple[RawEntry, Envelope]]]]

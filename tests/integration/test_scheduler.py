@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import redis
@@ -34,14 +35,17 @@ def outcomes(r: redis.Redis) -> list:
     return [decode_entry("idt:window-outcome", f) for _, f in r.xrange("idt:window-outcome")]
 
 
-@pytest.fixture
-def sched(redis_url, var_dir, r, database_url):
-    register_offices(r)
-    settings = SchedulerSettings(
+def settings_for(redis_url: str, var_dir: Path, database_url: str | None) -> SchedulerSettings:
+    return SchedulerSettings(
         redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50,
         database_url=database_url,
     )  # fmt: skip
-    with TestClient(create_app(settings)) as client:
+
+
+@pytest.fixture
+def sched(redis_url, var_dir, r, database_url):
+    register_offices(r)
+    with TestClient(create_app(settings_for(redis_url, var_dir, database_url))) as client:
         settle(client, *(f"office-{o[0]}" for o in OFFICES))
         yield client
 
@@ -284,11 +288,7 @@ def sweeping(r, redis_url, var_dir, database_url, monkeypatch):
     monkeypatch.setattr(handlers, "TICK_INLINE", 1)
     monkeypatch.setattr(handlers, "SWEEP_CHUNK", 2)
     register_offices(r)
-    settings = SchedulerSettings(
-        redis_url=redis_url, var_dir=var_dir, environment="test", block_ms=50,
-        database_url=database_url,
-    )  # fmt: skip
-    with TestClient(create_app(settings)) as sched:
+    with TestClient(create_app(settings_for(redis_url, var_dir, database_url))) as sched:
         tick(r, "2007-01-02")
         for claim_id in SWEEP_CLAIMS:
             c = Claim(claim_id, benefit="IB", start="2007-01-01").cleared("2007-01-20")
