@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cached_property
 
 from idt_domain.calendar import is_working_day
 
@@ -46,6 +47,7 @@ class WindowPair:
     policy: Window
     measured: Window
 
+    # Cached (the pair is frozen): every alert of a pair reads these.
     @property
     def window_id(self) -> str:
         return self.policy.window_id
@@ -54,15 +56,15 @@ class WindowPair:
     def intervention(self) -> str:
         return self.policy.intervention
 
-    @property
+    @cached_property
     def opens(self) -> dict[str, date]:
         return {"policy": self.policy.opens, "measured": self.measured.opens}
 
-    @property
+    @cached_property
     def closes(self) -> dict[str, date]:
         return {"policy": self.policy.closes, "measured": self.measured.closes}
 
-    @property
+    @cached_property
     def conflict(self) -> bool:
         p, m = self.policy, self.measured
         return (p.opens, p.closes) != (m.opens, m.closes)

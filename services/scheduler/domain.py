@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Literal
 
 from idt_contract.events import (
@@ -47,7 +48,12 @@ class Status(StrEnum):
 
     @property
     def final(self) -> bool:
-        return self not in (Status.UPCOMING, Status.OPEN)
+        # A module-level set, not `(Status.UPCOMING, Status.OPEN)`: reading an enum
+        # member through its class is slow, and this runs for every window.
+        return self not in _UNDECIDED
+
+
+_UNDECIDED = frozenset({Status.UPCOMING, Status.OPEN})
 
 
 #: On the same date: MET beats WAIVED beats DEFERRED beats CANCELLED (spec §4).
@@ -272,12 +278,14 @@ class Window:
     early_interviews: tuple[date, ...] = ()  # conducted before open (do not count)
     clock_start: date | None = None  # IB measured basis: the measurement clock start
 
-    @property
+    @cached_property
     def element(self) -> str:
         return ELEMENT[self.intervention]
 
-    @property
+    @cached_property
     def window_id(self) -> str:
+        # Cached (in the instance's __dict__; the dataclass stays frozen): read
+        # many times for every window of every claim re-evaluated.
         tail = self.ref if self.intervention == LMI else str(self.seq)
         return f"{self.claim_id}:{self.intervention}:{tail}"
 
@@ -520,6 +528,35 @@ class Attribution:
     detail: str = field(default="")
 
 
+def _allocation_runs(
+    jc_markers: Sequence[Marker], w: Window, jobcentres: frozenset[str]
+) -> list[tuple[date, date, bool]]:
+    """(first day, last day, allocated to a Jobcentre) for each run of the window's
+    days with one JOBCENTRE marker value; `jc_markers` sorted in event time. One
+    pass over the markers, not over every day of the window."""
+    if w.closes < w.opens:
+        return []
+    value: str | None = None
+    changes: list[tuple[date, str]] = []  # (from day, value), after the first day
+    for m in jc_markers:
+        if m.day <= w.opens:
+            value = m.value
+        elif m.day <= w.closes:
+            if changes and changes[-1][0] == m.day:
+                changes[-1] = (m.day, m.value)  # the day's last marker holds at its end
+            else:
+                changes.append((m.day, m.value))
+    runs: list[tuple[date, date, bool]] = []
+    start, ok = w.opens, value in jobcentres
+    for day, new in changes:
+        now_ok = new in jobcentres
+        if now_ok != ok:
+            runs.append((start, day - timedelta(days=1), ok))
+            start, ok = day, now_ok
+    runs.append((start, w.closes, ok))
+    return runs
+
+
 def attribute(
     h: ClaimHistory,
     w: Window,
@@ -543,26 +580,17 @@ def attribute(
         # LMI cases do not wait for eligibility: the BDC cannot have held them up.
         confirmed = received = w.opens
     bdc_days = max(0, (confirmed - received).days)
-    # The JOBCENTRE marker's value at the end of each day of the window, in one
-    # sweep over the (sorted) markers.
-    jc_markers = [m for m in h.markers if m.marker == "JOBCENTRE"]
-    i, value = 0, None
-    in_jc: list[bool] = []  # per day of the window: allocated to a Jobcentre
-    day = w.opens
-    while day <= w.closes:
-        while i < len(jc_markers) and jc_markers[i].day <= day:
-            value = jc_markers[i].value
-            i += 1
-        in_jc.append(value in jobcentres)
-        day += timedelta(days=1)
-    # Days in the window the marker was wrong, and when it last became right.
-    wrong = in_jc.count(False)
+    # The window's days as runs of one JOBCENTRE marker value (the value at the end
+    # of each day: the latest marker dated on or before it), allocated or not.
+    runs = _allocation_runs([m for m in h.markers if m.marker == "JOBCENTRE"], w, jobcentres)
+    # Days in the window the marker was wrong, and when it last became right (the
+    # start of the allocated days that run to the close; None if the close is not).
+    wrong = sum((end - start).days + 1 for start, end, ok in runs if not ok)
     allocated_from: date | None = None
-    for offset, ok in enumerate(in_jc):
+    for run_start, _end, ok in reversed(runs):
         if not ok:
-            allocated_from = None
-        elif allocated_from is None:
-            allocated_from = w.opens + timedelta(days=offset)
+            break
+        allocated_from = run_start
     usable_from = max(confirmed, w.opens)
     bdc_left = (w.closes - usable_from).days + 1
     if bdc_left < min_booking_lead_days:
@@ -571,6 +599,11 @@ def attribute(
         start = max(usable_from, allocated_from) if allocated_from else None
         cc_left = (w.closes - start).days + 1 if start else 0
         stage = Stage.CONTACT_CENTRE if cc_left < min_booking_lead_days else Stage.JOBCENTRE
-    first = max((usable_from - w.opens).days, 0)
-    jc_days = in_jc[first:].count(True)
+    # Allocated days from the first usable one.
+    counted_from = max(usable_from, w.opens)
+    jc_days = sum(
+        (end - max(start, counted_from)).days + 1
+        for start, end, ok in runs
+        if ok and end >= counted_from
+    )
     return Attribution(stage, wrong, bdc_days, jc_days)
