@@ -14,6 +14,7 @@ import uuid
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -138,6 +139,12 @@ class ClaimRegisteredData(_ClaimData):
         return self
 
 
+# Built once: validators run for every event every service decodes.
+_PRIMARY_BENEFITS = frozenset(p.value for p in PrimaryBenefit)
+_OFFICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+_LONDON = ZoneInfo("Europe/London")
+
+
 class MarkerSetData(_ClaimData):
     marker: MarkerName
     value: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
@@ -147,16 +154,13 @@ class MarkerSetData(_ClaimData):
     @model_validator(mode="after")
     def _value_fits_marker(self) -> MarkerSetData:
         if self.marker is MarkerName.PRIMARY_BENEFIT:
-            allowed = {p.value for p in PrimaryBenefit}
-            if self.value not in allowed:
+            if self.value not in _PRIMARY_BENEFITS:
                 raise ValueError(
-                    f"PRIMARY_BENEFIT marker value must be one of {sorted(allowed)}, "
+                    f"PRIMARY_BENEFIT marker value must be one of {sorted(_PRIMARY_BENEFITS)}, "
                     f"not {self.value!r}"
                 )
         else:
-            import re
-
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}", self.value):
+            if not _OFFICE_ID.fullmatch(self.value):
                 raise ValueError(f"JOBCENTRE marker value {self.value!r} is not an office id")
         return self
 
@@ -342,10 +346,8 @@ class ClaimCleared(_Envelope):
 
     @model_validator(mode="after")
     def _not_cleared_before_received(self) -> ClaimCleared:
-        from zoneinfo import ZoneInfo
-
         try:
-            cleared = self.time.astimezone(ZoneInfo("Europe/London")).date()
+            cleared = self.time.astimezone(_LONDON).date()
         except OverflowError:
             raise ValueError("time has no date in London (outside years 1 to 9999)") from None
         if cleared < self.data.received_date:
