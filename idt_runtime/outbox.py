@@ -74,9 +74,10 @@ class OutboxRelay:
 
     A Redis that restarts can come back without its last writes (with
     `appendfsync everysec`, up to about a second). The relay notices a restart
-    (a new `run_id`) and publishes again every row it published in the
-    `republish_s` seconds before, under the same ids: consumers drop what they
-    already had, and what the crash lost is back (docs/guarantees.md)."""
+    (a new `run_id`; it asks at most once a `restart_check_s`, a second at most)
+    and publishes again every row it published in the `republish_s` seconds
+    before, under the same ids: consumers drop what they already had, and what
+    the crash lost is back (docs/guarantees.md)."""
 
     def __init__(
         self,
@@ -99,6 +100,8 @@ class OutboxRelay:
         self.prune_interval_s = prune_interval_s
         self._pruned_at = 0.0
         self._run_id: str | None = None
+        self._checked_at = 0.0
+        self.restart_check_s = min(1.0, self.republish_s / 4)
         self.engine = engine
         self.tables = tables
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
@@ -141,9 +144,15 @@ class OutboxRelay:
                 .where(o.c.seq.in_([r[0] for r in rows]))
                 .values(published_at=datetime.now(UTC))
             )
-            left = s.execute(
-                select(func.count()).select_from(o).where(o.c.published_at.is_(None))
-            ).scalar_one()
+            # A short batch took every pending row there was (the relay lock is
+            # held): nothing to count.
+            left = (
+                s.execute(
+                    select(func.count()).select_from(o).where(o.c.published_at.is_(None))
+                ).scalar_one()
+                if len(rows) == self.batch_size
+                else 0
+            )
         return [r[1] for r in rows], int(left)
 
     def _after_restart(self, s: Session) -> None:
@@ -151,7 +160,12 @@ class OutboxRelay:
         the last `republish_s` seconds unpublished again. The run id seen last is
         kept in Redis (per outbox), so of several replicas only the first to
         notice republishes (they run this one at a time, under the relay lock)."""
+        # At most once a `restart_check_s` (an INFO a batch is a round trip and a
+        # parse each time): a restart is still noticed well inside `republish_s`.
+        if self._run_id is not None and time.monotonic() - self._checked_at < self.restart_check_s:
+            return
         run_id = str(self.redis.info("server")["run_id"])
+        self._checked_at = time.monotonic()
         if run_id == self._run_id:
             return
         o = self.tables.outbox
