@@ -29,7 +29,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 #: SQLite's page cache per connection, in KiB.
@@ -42,16 +42,7 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # The pool hands out the connection used last (LIFO): SQLite keeps a page
-        # cache per connection and empties it when another connection has written,
-        # so connections taken in turn (the pool's FIFO default) each keep a cold
-        # copy of the hot pages, and a process's memory grows by one cache each.
-        database = make_url(url).database
-        in_memory = not database or database == ":memory:" or "mode=memory" in url
-        pool = {} if in_memory else {"pool_use_lifo": True}
-        engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
-        )
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
