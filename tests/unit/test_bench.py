@@ -404,3 +404,24 @@ def test_rate_between_interpolates_a_cumulative_count() -> None:
     assert rate_between(points, 20.0, 30.0) == 30.0
     assert rate_between(points, 25.0, 35.0) is None  # past the last sample
     assert rate_between(points[:1], 0.0, 1.0) is None
+
+
+def test_the_scheduler_alone_applies_the_whole_log_to_its_store(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from bench import alone
+
+    info = synth.ensure_log(tmp_path, 3_000, SEED)
+    db = tmp_path / "scheduler.db"
+    result = alone.replay(info.path, db)
+    assert result["events"] == info.events
+    assert 0 < result["decode_cpu_s"] < result["cpu_s"]
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as c:
+        claims = c.execute(text("SELECT count(*) FROM sch_claims")).scalar_one()
+        recorded = c.execute(text("SELECT count(*) FROM sch_processed_events")).scalar_one()
+        windows = c.execute(text("SELECT count(*) FROM sch_windows")).scalar_one()
+    engine.dispose()
+    assert claims == info.claims
+    assert recorded == info.events
+    assert windows > 0

@@ -1,0 +1,120 @@
+"""The scheduler on its own: the bench's log applied straight to the scheduler's
+store, without Redis or the other services, to compare two versions of its code.
+
+    python -m bench.alone                 # 100k events
+    python -m bench.alone --events 200k --profile /tmp/scheduler.txt
+
+The whole pipeline's numbers move by ±10% with the machine's load (bench/README.md),
+more than most single changes do; this one process measured in CPU time does not
+move as much, and run at the same time as a second copy (one core each) it is
+compared under the same conditions: run it in both checkouts at once, e.g.
+
+    (cd ../before && python -m bench.alone) & python -m bench.alone; wait
+
+`python -m` puts the current directory first, so each copy runs its own code.
+
+The log's entries are decoded as the consumer decodes them and applied in log
+order, 2,000 entries a transaction split by stream (as the consumer's group
+commit does under a backlog), to a fresh SQLite file: the store, the rules, the
+windows, alerts and outbox rows are the service's own. Not measured: reading and
+acking Redis, the outbox relay, /metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from idt_contract import Envelope, decode_entry
+from idt_contract.streams import DATA_FIELD_B
+from idt_runtime.consumer import EventConsumer, RawEntry
+from idt_runtime.db import make_engine, migrate
+from services.scheduler import handlers
+from services.scheduler.app import SPEC
+
+from . import synth
+from .cli import DEFAULT_SEED, parse_count
+
+#: Entries a transaction (the consumer's group commit takes up to 5,000).
+GROUP = 2_000
+
+
+def replay(log: Path, db: Path, limit: int | None = None) -> dict[str, float]:
+    """Apply the log to a new scheduler store at `db`; CPU and wall time spent."""
+    engine = make_engine(f"sqlite:///{db}")
+    migrate(engine, SPEC.migrations, f"{SPEC.prefix}_alembic_version")
+    consumer = EventConsumer(
+        service="scheduler",
+        group="bench",
+        consumer="bench-alone",
+        redis=None,  # type: ignore[arg-type]  # only the commit path is used
+        engine=engine,
+        tables=SPEC.tables,
+        appliers=handlers.Scheduler().appliers(),
+        metrics=None,  # type: ignore[arg-type]
+    )
+    n = 0
+    decoding = 0.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    group: dict[str, list[tuple[RawEntry, Envelope]]] = defaultdict(list)
+    for line in synth.read_lines(log):
+        stream = synth.stream_of(line)
+        entry = RawEntry(stream, f"{n + 1}-0", {DATA_FIELD_B: line})
+        began = time.process_time()
+        group[stream].append((entry, decode_entry(stream, entry.fields)))
+        decoding += time.process_time() - began
+        n += 1
+        if n % GROUP == 0:
+            consumer._commit_batches(list(group.items()))
+            group.clear()
+        if limit is not None and n >= limit:
+            break
+    if group:
+        consumer._commit_batches(list(group.items()))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    engine.dispose()
+    return {"events": n, "cpu_s": cpu, "wall_s": wall, "decode_cpu_s": decoding}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.alone",
+        description="The scheduler on its own: the bench's log applied straight to its "
+        "store (no Redis, no other service), CPU per event; to compare two versions.",
+    )
+    ap.add_argument("--events", type=parse_count, default=100_000, help="log size (100k, 1m, ...)")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--cache-dir", type=Path, default=Path("bench/out"))
+    ap.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks here")
+    args = ap.parse_args(argv)
+    if args.profile is not None and not os.environ.get("IDT_BENCH_ALONE_CHILD"):
+        import shutil
+        import subprocess
+
+        spy = shutil.which("py-spy")
+        if spy is None:
+            ap.error("--profile needs py-spy (pip install py-spy)")
+        cmd = [spy, "record", "-r", "200", "-f", "raw", "-o", str(args.profile), "--"]
+        cmd += [sys.executable, "-m", "bench.alone", *(argv or sys.argv[1:])]
+        env = {**os.environ, "IDT_BENCH_ALONE_CHILD": "1"}
+        return subprocess.run(cmd, env=env, check=False).returncode
+    info = synth.ensure_log(args.cache_dir, args.events, args.seed)
+    with tempfile.TemporaryDirectory(prefix="idt-bench-alone-") as tmp:
+        r = replay(info.path, Path(tmp) / "scheduler.db")
+    n = r["events"]
+    print(
+        f"scheduler alone ({Path.cwd()}): {n:,.0f} events, "
+        f"{r['cpu_s'] / n * 1e6:,.0f} µs CPU per event "
+        f"(decoding {r['decode_cpu_s'] / n * 1e6:,.0f} µs), "
+        f"{n / r['wall_s']:,.0f} events/s over {r['wall_s']:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
