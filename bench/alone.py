@@ -44,7 +44,7 @@ from .cli import DEFAULT_SEED, parse_count
 GROUP = 2_000
 
 
-def replay(log: Path, db: Path, limit: int | None = None) -> dict[str, float]:
+def replay(log: Path, db: Path) -> dict[str, float]:
     """Apply the log to a new scheduler store at `db`; CPU and wall time spent."""
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine, SPEC.migrations, f"{SPEC.prefix}_alembic_version")
@@ -72,8 +72,6 @@ def replay(log: Path, db: Path, limit: int | None = None) -> dict[str, float]:
         if n % GROUP == 0:
             consumer._commit_batches(list(group.items()))
             group.clear()
-        if limit is not None and n >= limit:
-            break
     if group:
         consumer._commit_batches(list(group.items()))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0

@@ -77,8 +77,8 @@ def _processor(dialect: Dialect, type_: Any) -> Callable[[Any], Any] | None:
     proc: Callable[[Any], Any] | None = type_._cached_bind_processor(dialect)
     if dialect.name == "sqlite" and isinstance(type_, Date) and not isinstance(type_, DateTime):
         # SQLite stores a DATE as its ISO text, which date.isoformat() gives at a
-        # third of the cost of SQLAlchemy's formatting (anything but a plain date,
-        # a datetime or None, goes the usual way).
+        # third of the cost of SQLAlchemy's formatting. Anything else (None, a
+        # datetime) goes the usual way.
         general = proc
 
         def iso_date(value: Any) -> Any:
