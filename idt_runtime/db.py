@@ -36,8 +36,9 @@ from sqlmodel import Session, create_engine
 SQLITE_CACHE_KIB = 32 * 1024
 
 
-def make_engine(url: str) -> Engine:
-    """An engine; for SQLite: WAL, a busy timeout and the file's folder created."""
+def make_engine(url: str, *, sqlite_cache_kib: int = SQLITE_CACHE_KIB) -> Engine:
+    """An engine; for SQLite: WAL, a busy timeout, a page cache of `sqlite_cache_kib`
+    per connection and the file's folder created."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -52,10 +53,11 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             _wal_mode(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
-            # 32 MiB of page cache per connection (SQLite's default is 2 MiB): a
-            # store of a national year is hundreds of MiB, and every page that
-            # falls out of the cache is a system call to read it back.
-            cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            # A page cache per connection of IDT_SQLITE_CACHE_MIB (32 MiB unless
+            # set; SQLite's default is 2 MiB): a store of a national year is
+            # hundreds of MiB, and every page that falls out of the cache is a
+            # system call to read it back. It costs memory per connection.
+            cur.execute(f"PRAGMA cache_size=-{int(sqlite_cache_kib)}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()

@@ -101,7 +101,9 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
-        self.engine = make_engine(s.database_url_for(self.spec.name))
+        self.engine = make_engine(
+            s.database_url_for(self.spec.name), sqlite_cache_kib=s.sqlite_cache_mib * 1024
+        )
         await asyncio.to_thread(
             migrate, self.engine, self.spec.migrations, f"{self.spec.prefix}_alembic_version"
         )

@@ -57,6 +57,8 @@ class RuntimeSettings(BaseSettings):
     #: Published outbox rows are deleted after this many seconds (at least the
     #: republish window): the streams, not the outbox, are the record of events.
     outbox_retention_s: float = Field(default=3600.0, ge=0)
+    #: SQLite only: page cache per connection, in MiB (SQLite's own default is 2).
+    sqlite_cache_mib: int = Field(default=32, ge=1, le=4096)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

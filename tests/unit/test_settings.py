@@ -50,3 +50,26 @@ def test_passwords_stay_out_of_the_settings_repr(tmp_path):
         database_url="postgresql+psycopg://idt:hunter2-pg@db/idt",
     )
     assert "hunter2" not in repr(s) and "hunter2" not in str(s)
+
+
+def test_the_sqlite_page_cache_is_a_setting_every_connection_gets(tmp_path, monkeypatch):
+    from idt_runtime.db import make_engine
+
+    monkeypatch.setenv("IDT_SQLITE_CACHE_MIB", "3")
+    settings = RuntimeSettings()
+    assert settings.sqlite_cache_mib == 3
+    engine = make_engine(
+        f"sqlite:///{tmp_path}/c.db", sqlite_cache_kib=settings.sqlite_cache_mib * 1024
+    )
+    try:
+        # Two connections at once (raw: no transaction, which would wait on the other).
+        one, two = engine.raw_connection(), engine.raw_connection()
+        for conn in (one, two):
+            assert conn.cursor().execute("PRAGMA cache_size").fetchone()[0] == -3 * 1024
+        one.close()
+        two.close()
+    finally:
+        engine.dispose()
+    monkeypatch.setenv("IDT_SQLITE_CACHE_MIB", "0")
+    with pytest.raises(ValueError, match="sqlite_cache_mib"):
+        RuntimeSettings()
