@@ -95,17 +95,18 @@ OFFICE_USER_PREFIX = {"JOBCENTRE": "jc", "CONTACT_CENTRE": "cc"}
 
 #: Why each command is granted; printed in the generated file's header.
 WHY: dict[str, str] = {
-    "ping": "health checks (/health, FastStream's subscriber start, the CLI's connect)",
+    "ping": "health checks (/health, the CLI's connect)",
     "select": "a Redis URL naming a database other than 0 (redis-py SELECTs on connect)",
     "client|setinfo": "redis-py names its library on connect and ignores a refusal; granted "
     "so that ACL LOG shows only real denials (Redis 6.2 and 7.2+; no such command in 7.0/7.1). "
     "For 6.2 `render` adds client|maint_notifications (redis-py's RESP3 handshake) likewise",
     "multi": "acks and dead letters in one transaction; the registry published whole",
     "exec": "(with multi)",
-    "xgroup|create": "consumer groups at id 0 before the subscribers start, FastStream's own "
-    "attempt (BUSYGROUP), recreating a group after NOGROUP",
+    "xgroup|create": "consumer groups at id 0 before reading starts, recreating a group after "
+    "NOGROUP",
     "xgroup|createconsumer": "an alert reader's consumers (XREADGROUP also creates them)",
-    "xreadgroup": "FastStream's batch subscriber; an alert reader's group",
+    "xreadgroup": "a service's reader (one XREADGROUP over all its streams); an alert "
+    "reader's group",
     "xack": "acking after the database commit",
     "xautoclaim": "the reclaimer: entries idle too long in the group",
     "xclaim": "an alert reader taking over a dead consumer's entries",
@@ -128,7 +129,7 @@ WHY: dict[str, str] = {
 
 #: Sent by every client on connect.
 CONNECT = ("ping", "select", "client|setinfo")
-#: What EventConsumer and FastStream's batch subscriber run on a consumed stream.
+#: What EventConsumer runs on a consumed stream.
 CONSUME = ("xgroup|create", "xreadgroup", "xack", "xautoclaim", "xpending", "xinfo|groups")
 #: What a reader of one office's alert stream may run.
 ALERT_READER = (

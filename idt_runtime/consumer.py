@@ -1,17 +1,20 @@
 """Consuming safely from Redis Streams (see ../shared/docs/redis-streams-notes.md).
 
 - One consumer group per service, one stable consumer name per process slot.
-- Groups are created at id `0` before any subscriber starts (FastStream's own
-  XGROUP CREATE uses `$` and would skip what was published before the first start).
-- Batches: FastStream's batch stream subscriber reads up to `batch_size` entries;
-  the entries are decoded, the fresh ones (CloudEvent `id` not yet processed) are
-  applied in ONE database transaction that also records their ids, and only then
-  are all entries acked in one MULTI together with the XADDs of any dead letters.
+- Groups are created at id `0` before reading starts (XGROUP CREATE at `$`, as
+  FastStream's subscriber does, would skip what was published before the first start).
+- Reading: ONE `XREADGROUP` for all of the service's streams (`read_forever`), up
+  to `batch_size` entries of each; the entries are decoded, the fresh ones
+  (CloudEvent `id` not yet processed) of every stream are applied in ONE database
+  transaction that also records their ids, and only then are each stream's entries
+  acked in one MULTI together with the XADDs of any dead letters. (FastStream's
+  subscribers read one stream each: a service paid a read, a transaction and an
+  ack round per stream, which at a steady rate spread over a dozen streams left
+  every batch a few entries long; docs/decisions.md.)
 - An entry that fails validation goes to `idt:dead-letters` with its original
   bytes, source stream, entry id and reason, and is acked in the same MULTI.
-- A handler failure leaves the entry pending. The reclaimer (XAUTOCLAIM; a
-  FastStream subscriber with `min_idle_time` reads only by XAUTOCLAIM, one entry a
-  call, so it is run separately) picks up entries idle longer than
+- A handler failure leaves the entry pending. The reclaimer (XAUTOCLAIM, a loop
+  of its own beside the reader) picks up entries idle longer than
   `reclaim_idle_ms`, whether their consumer died or failed, and retries them; once
   an entry has been delivered more than `max_deliveries` times and fails again with
   a non-infrastructure error it is dead-lettered with that error as the reason.
@@ -22,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -44,6 +48,7 @@ from idt_contract.events import NINO_IN_TEXT
 from .bulk import bulk_insert
 from .db import RuntimeTables, write_lock
 from .metrics import RuntimeMetrics
+from .outbox import queued_in
 
 log = logging.getLogger("idt.consumer")
 
@@ -164,6 +169,10 @@ class EventConsumer:
             tuple[str, Sequence[tuple[RawEntry, Envelope]], asyncio.Future[Any]]
         ] = []
         self._committer: asyncio.Task[None] | None = None
+        # Set (in the committing thread) after a transaction queued outbox rows.
+        self._queued_outbox = False
+        #: Why the last read of the streams failed; None once one succeeds.
+        self.read_error: str | None = None
 
     def stop(self) -> None:
         self._running = False
@@ -182,6 +191,81 @@ class EventConsumer:
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+    # ------------------------------------------------------------------ reading
+
+    async def read_forever(self, block_ms: int, linger_ms: int = 0, in_flight: int = 2) -> None:
+        """Read every stream of the service with ONE `XREADGROUP ... COUNT batch_size
+        BLOCK block_ms STREAMS s1 s2 ... > > ...` (COUNT is per stream) and hand what
+        came to `handle`, all streams at once, so that they share one transaction and
+        one relay run. Up to `in_flight` reads are handled at a time: the next read
+        overlaps the commit of the last (commits stay in order, `_commit_waiting`).
+        After a read no stream of which filled its COUNT (no backlog), the next
+        waits `linger_ms`, so that it brings what arrived meanwhile.
+
+        A failed read (Redis unreachable or loading, permission denied) is retried
+        after a growing pause, the error kept in `read_error` for /health; what was
+        read and not acked stays pending for the reclaimer. NOGROUP (Redis emptied,
+        a stream deleted): the groups are created again at 0. Stops after the read under way once
+        `stop()` was called, waiting for the reads being handled."""
+        streams: dict[Any, Any] = {s: ">" for s in self.streams}
+        handling: set[asyncio.Task[None]] = set()
+        pause = 0.0
+        try:
+            while self._running:
+                try:
+                    resp = await self.redis.xreadgroup(
+                        self.group, self.consumer, streams, count=self.batch_size, block=block_ms
+                    )
+                    pause, self.read_error = 0.0, None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Redis away or loading, a group missing, a permission denied:
+                    # nothing read is lost (unacked entries stay pending); read again
+                    # after a growing pause, the error shown by /health meanwhile.
+                    self.read_error = f"{type(exc).__name__}: {exc}"
+                    pause = min(5.0, max(0.05, pause * 2))
+                    if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
+                        log.error("%s: consumer group missing (Redis emptied?); recreating",
+                                  self.service)  # fmt: skip
+                        with contextlib.suppress(Exception):
+                            await self.ensure_groups()
+                            continue
+                    log.warning("%s: reading the streams failed (%s); again in %.2fs",
+                                self.service, self.read_error, pause)  # fmt: skip
+                    await asyncio.sleep(pause)
+                    continue
+                if not resp:
+                    continue
+                task = asyncio.create_task(self._handle_read(resp))
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+                if len(handling) >= in_flight:
+                    await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
+                if linger_ms and not self._backlogged(resp):
+                    await asyncio.sleep(linger_ms / 1000)
+        finally:
+            if handling:
+                await asyncio.gather(*handling, return_exceptions=True)
+
+    def _backlogged(self, resp: Any) -> bool:
+        """A stream gave a full COUNT: more is waiting."""
+        pairs = resp.items() if isinstance(resp, dict) else resp
+        return any(len(entries) >= self.batch_size for _, entries in pairs)
+
+    async def _handle_read(self, resp: Any) -> None:
+        """One XREADGROUP reply (RESP2: [[stream, [(id, fields), ...]], ...]; RESP3:
+        {stream: [...]}): every stream's entries handled at once."""
+        jobs = []
+        for name, entries in resp.items() if isinstance(resp, dict) else resp:
+            if entries:
+                stream = name.decode() if isinstance(name, bytes) else name
+                jobs.append(self.handle(stream, [e[0] for e in entries], [e[1] for e in entries]))
+        for res in await asyncio.gather(*jobs, return_exceptions=True):
+            if isinstance(res, BaseException):
+                # Not acked (Redis went away mid-batch, say): pending, reclaimed later.
+                log.warning("%s: a batch failed after it was read: %r", self.service, res)
 
     # ------------------------------------------------------------------ batches
 
@@ -253,7 +337,10 @@ class EventConsumer:
         if result.dead:
             m.labels(self.service, stream, "dead_letter").inc(len(result.dead))
         self.metrics.batch_seconds.labels(self.service, stream).observe(perf_counter() - started)
-        if result.applied and self.after_commit is not None:
+        if self._queued_outbox and self.after_commit is not None:
+            # Reset before notifying: a commit whose flag this swallows finished
+            # before the notify, so the relay's run after it sees its rows.
+            self._queued_outbox = False
             self.after_commit()
         return result
 
@@ -368,6 +455,9 @@ class EventConsumer:
             for applier, fresh in sorted(calls.items(), key=lambda c: self._applier_rank[c[0]]):
                 applier(session, fresh)
             bulk_insert(session, processed, rows)
+            queued = queued_in(session)
+        if queued:
+            self._queued_outbox = True  # committed: the relay has something to send
         return results
 
     async def _ack_and_dead_letter(
@@ -462,7 +552,7 @@ class EventConsumer:
                 await self._ack_and_dead_letter(stream, [], [(entry, reason)])
                 self.metrics.consumed.labels(self.service, stream, "dead_letter").inc()
 
-    async def reclaim_forever(self, interval_s: float, on_nogroup: Callable[[], Any]) -> None:
+    async def reclaim_forever(self, interval_s: float) -> None:
         while self._running:
             try:
                 await self.reclaim_once()
@@ -472,9 +562,6 @@ class EventConsumer:
                         "%s: consumer group missing (Redis emptied?); recreating", self.service
                     )
                     await self.ensure_groups()
-                    res = on_nogroup()
-                    if asyncio.iscoroutine(res):
-                        await res
                 else:
                     log.exception("%s: reclaim failed", self.service)
             except asyncio.CancelledError:

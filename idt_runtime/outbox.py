@@ -48,6 +48,7 @@ def add_to_outbox(
         for ev in events
     ]
     bulk_insert(session, tables.outbox, rows)
+    _note_queued(session, len(rows))
 
 
 def add_routed_to_outbox(
@@ -60,6 +61,21 @@ def add_routed_to_outbox(
         for ev, stream in routed
     ]
     bulk_insert(session, tables.outbox, rows)
+    _note_queued(session, len(rows))
+
+
+#: `Session.info` key: outbox rows the session's transaction queued.
+OUTBOX_QUEUED = "idt_outbox_queued"
+
+
+def _note_queued(session: Session, n: int) -> None:
+    if n:
+        session.info[OUTBOX_QUEUED] = session.info.get(OUTBOX_QUEUED, 0) + n
+
+
+def queued_in(session: Session) -> int:
+    """Outbox rows queued in `session` (by `add_to_outbox`/`add_routed_to_outbox`)."""
+    return int(session.info.get(OUTBOX_QUEUED, 0))
 
 
 class OutboxRelay:
@@ -217,11 +233,13 @@ class OutboxRelay:
             while True:
                 streams, left = await asyncio.to_thread(self._publish_batch)
                 self.metrics.outbox_pending.labels(self.service).set(left)
-                if not streams:
-                    return published
                 for stream in streams:
                     self.metrics.published.labels(self.service, stream).inc()
                 published += len(streams)
+                if len(streams) < self.batch_size:
+                    # A short batch took every row there was: no transaction more
+                    # to find none (rows committed since come with a notify).
+                    return published
 
     async def run_forever(self, interval_s: float = 1.0) -> None:
         # A stop flag besides cancellation: on Python 3.11 `wait_for` can turn a

@@ -1,5 +1,6 @@
-"""The skeleton every service shares: storage, migrations, the consumer on
-FastStream, the outbox relay, `/health`, `/metrics` and the OpenAPI document.
+"""The skeleton every service shares: storage, migrations, the stream consumer
+(one XREADGROUP for all of a service's streams), the outbox relay, `/health`,
+`/metrics` and the OpenAPI document.
 
 Nothing here does I/O at import time: `ServiceRuntime.start()` runs in the app's
 lifespan.
@@ -19,9 +20,6 @@ import redis.asyncio as aredis
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from faststream import AckPolicy, Context
-from faststream.redis import RedisBroker, StreamSub
-from faststream.redis.message import RedisBatchStreamMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
@@ -54,23 +52,6 @@ class ServiceSpec:
         return cls(name, prefix, Path(app_file).parent / "migrations", SQLModel.metadata, tables)
 
 
-async def _raw_parser(msg: Any, _original: Any) -> RedisBatchStreamMessage:
-    # Leave the bytes alone: our codec decodes and dead-letters; FastStream's own
-    # message format must never see (or choke on) plain CloudEvent JSON.
-    return RedisBatchStreamMessage(
-        raw_message=msg,
-        body=b"",
-        consumer=None,  # type: ignore[arg-type]
-        group=None,
-        message_id="batch",
-        correlation_id="batch",
-    )
-
-
-async def _raw_decoder(_msg: Any, _original: Any) -> None:
-    return None
-
-
 class ServiceRuntime:
     def __init__(
         self,
@@ -91,7 +72,7 @@ class ServiceRuntime:
         self.metrics = metrics or RuntimeMetrics(spec.name)
         self.engine: Engine | None = None
         self.redis: aredis.Redis | None = None
-        self.broker: RedisBroker | None = None
+        self._reader: asyncio.Task[None] | None = None
         self.consumer: EventConsumer | None = None
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -145,65 +126,30 @@ class ServiceRuntime:
             after_commit=self.relay.notify,
         )
         await self.consumer.ensure_groups()
-        self.broker = RedisBroker(
-            s.redis_url, logger=logging.getLogger("idt.faststream"), log_level=logging.DEBUG
-        )
-        consumer = self.consumer
-        for stream in consumer.streams:
-
-            def make_handler(stream: str) -> Callable[..., Any]:
-                async def on_batch(
-                    _body: Any,
-                    message: RedisBatchStreamMessage = Context("message"),  # noqa: B008
-                ) -> None:
-                    raw = message.raw_message
-                    await consumer.handle(stream, raw["message_ids"], raw["data"])
-
-                on_batch.__name__ = f"on_{stream.replace(':', '_').replace('-', '_')}"
-                return on_batch
-
-            self.broker.subscriber(
-                stream=StreamSub(
-                    stream,
-                    group=self.spec.name,
-                    consumer=name,
-                    batch=True,
-                    max_records=s.batch_size,
-                    polling_interval=s.block_ms,
-                ),
-                parser=_raw_parser,
-                decoder=_raw_decoder,
-                ack_policy=AckPolicy.MANUAL,
-            )(make_handler(stream))
-        await self.broker.start()
+        self._reader = asyncio.create_task(self.consumer.read_forever(s.block_ms, s.read_linger_ms))
         self.metrics.consumer_up.labels(self.spec.name).set(1)
         self._streams = StreamCollector(
-            self.spec.name, s.redis_url, self.spec.name, consumer.streams
+            self.spec.name, s.redis_url, self.spec.name, self.consumer.streams
         )
         self.metrics.registry.register(self._streams)  # type: ignore[arg-type]
-        self._tasks.append(
-            asyncio.create_task(
-                self.consumer.reclaim_forever(s.reclaim_interval_s, self._restart_subscribers)
-            )
-        )
-
-    async def _restart_subscribers(self) -> None:
-        """After NOGROUP (Redis emptied), FastStream stops the subscriber: start it again."""
-        if self.broker is None:
-            return
-        for sub in self.broker.subscribers:
-            if not getattr(sub, "running", True):
-                await sub.start()
+        self._tasks.append(asyncio.create_task(self.consumer.reclaim_forever(s.reclaim_interval_s)))
 
     def subscribers_running(self) -> bool:
-        if self.broker is None:
+        """The stream reader is reading (a service with no streams: trivially)."""
+        if self._reader is None:
             return not self.appliers
-        return all(getattr(sub, "running", False) for sub in self.broker.subscribers)
+        return not self._reader.done()
 
     async def stop(self) -> None:
         """Stop in order, each step bounded so a stuck dependency cannot hang shutdown."""
         if self.consumer is not None:
             self.consumer.stop()
+        if self._reader is not None:
+            # Ends after the read under way (block_ms), once the batches it is
+            # handling are committed and acked.
+            await self._bounded("stream reader", asyncio.shield(self._reader))
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         if self.relay is not None:
             self.relay.stop()
         for t in self._tasks:
@@ -213,8 +159,6 @@ class ServiceRuntime:
                 "background tasks", asyncio.gather(*self._tasks, return_exceptions=True)
             )
         self._tasks.clear()
-        if self.broker is not None:
-            await self._bounded("broker", self.broker.stop())
         if self.relay is not None:
             await self._bounded("outbox flush", self.relay.flush())
             self.relay.close()
@@ -265,7 +209,10 @@ class ServiceRuntime:
             checks["database"] = f"error: {exc!r}"
         running = self.subscribers_running()
         self.metrics.consumer_up.labels(self.spec.name).set(1 if running else 0)
-        checks["subscribers"] = "ok" if running else "stopped"
+        read_error = self.consumer.read_error if self.consumer is not None else None
+        checks["subscribers"] = (
+            "stopped" if not running else f"error: {read_error}" if read_error else "ok"
+        )
         status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return {"service": self.spec.name, "status": status, "checks": checks}
 

@@ -45,6 +45,12 @@ class RuntimeSettings(BaseSettings):
     consumer_slot: str | None = None
     batch_size: int = Field(default=500, ge=1, le=10_000)
     block_ms: int = Field(default=200, ge=1, le=60_000)
+    #: After a read that was not full (no stream gave `batch_size` entries), wait
+    #: this long before the next: at a steady rate each read then brings what
+    #: arrived meanwhile, not an entry or two, and a transaction, an ack round
+    #: and a relay run serve many events. Adds at most this much to each hop's
+    #: latency; 0 reads again at once (docs/decisions.md).
+    read_linger_ms: int = Field(default=50, ge=0, le=1_000)
     #: Entries pending longer than this (a consumer died between read and ack)
     #: are claimed by a live consumer of the same group.
     reclaim_idle_ms: int = Field(default=30_000, ge=10)

@@ -324,7 +324,7 @@ def test_a_service_runs_its_consumer_commands_and_writes_only_what_it_publishes(
         # EventConsumer.ensure_groups, then what the subscriber and the reclaimer run.
         user.xgroup_create(stream, service, id="0", mkstream=True)
         with pytest.raises(redis.ResponseError, match="BUSYGROUP"):
-            user.xgroup_create(stream, service, id="$", mkstream=True)  # FastStream's try
+            user.xgroup_create(stream, service, id="$", mkstream=True)  # a replica's try
         good = admin.xadd(stream, {"__data__": b"{}"})
         bad = admin.xadd(stream, {"__data__": b"not json"})
         read = user.xreadgroup(service, "c1", {stream: ">"}, count=10, block=10)

@@ -487,3 +487,94 @@ async def test_a_shared_transaction_takes_at_most_group_max_entries(
     monkeypatch.setattr(idt_runtime.consumer, "GROUP_MAX_ENTRIES", 1)
     calls = await _claims_then_markers(redis_url, tmp_path)
     assert calls == [("claims", ["first"]), ("claims", ["c1"]), ("markers", ["m1"])]
+
+
+# ---------------------------------------------------------------- reading
+
+
+@pytest.mark.asyncio
+async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_path):
+    """The reader asks for all of the service's streams in one XREADGROUP: what
+    waits on several streams is applied in one transaction (one applier call
+    here, the streams sharing it), and acked."""
+    calls: list[list[str]] = []
+
+    def applier(session, events):
+        calls.append(sorted(e.id for e in events))
+
+    metadata = MetaData()
+    tables = runtime_tables("one", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/one.db")
+    metadata.create_all(engine)
+    client = redis.asyncio.from_url(redis_url)
+    streams = ["idt:claim-registered", "idt:marker-set"]
+    consumer = EventConsumer(
+        service="one", group="one", consumer="one-1", redis=client, engine=engine,
+        tables=tables, appliers=dict.fromkeys(streams, applier), metrics=RuntimeMetrics("one"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    r = redis.Redis.from_url(redis_url)
+    xadd(r, claim_registered("ONE-1", event_id="c1"))
+    xadd(r, claim_registered("ONE-2", event_id="c2"))
+    xadd(r, marker("ONE-1", "JC0101", event_id="m1"))
+    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=5))
+    try:
+        await _until(lambda: calls)
+        assert calls == [["c1", "c2", "m1"]]
+        await _until(lambda: all(r.xpending(s, "one")["pending"] == 0 for s in streams))
+        assert consumer.read_error is None
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(reader, 10)
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+async def test_the_relay_is_woken_only_by_transactions_that_queued_events(redis_url, tmp_path):
+    from idt_runtime.outbox import add_to_outbox
+
+    metadata = MetaData()
+    tables = runtime_tables("wak", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/wake.db")
+    metadata.create_all(engine)
+    woken: list[int] = []
+
+    def applier(session, events):
+        # Publishes a copy of the events of claims named PUB-*, nothing for others.
+        add_to_outbox(session, tables, [e for e in events if e.data.claim_id.startswith("PUB")])
+
+    client = redis.asyncio.from_url(redis_url)
+    consumer = EventConsumer(
+        service="wak", group="wak", consumer="wak-1", redis=client, engine=engine,
+        tables=tables, appliers={"idt:claim-registered": applier}, metrics=RuntimeMetrics("wak"),
+        after_commit=lambda: woken.append(1),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    r = redis.Redis.from_url(redis_url)
+    try:
+        xadd(r, claim_registered("QUIET-1"))
+        await _read(consumer, client)
+        assert woken == []  # applied, nothing queued: the relay is left asleep
+        xadd(r, claim_registered("PUB-1"))
+        xadd(r, claim_registered("QUIET-2"))
+        await _read(consumer, client)
+        assert woken == [1]
+        xadd(r, claim_registered("QUIET-3"))
+        await _read(consumer, client)
+        assert woken == [1]
+        with Session(engine) as s:
+            assert s.execute(select(func.count()).select_from(tables.outbox)).scalar_one() == 1
+    finally:
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+async def _until(check, timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not so after {timeout_s} s")

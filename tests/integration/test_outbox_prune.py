@@ -46,3 +46,51 @@ def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url
     finally:
         relay.close()
         engine.dispose()
+
+
+def test_a_flush_stops_after_a_short_batch_and_publishes_everything(redis_url, tmp_path):  # type: ignore[no-untyped-def]
+    """A batch shorter than `batch_size` took every pending row (the relay lock is
+    held): the flush ends there instead of a transaction more that finds none."""
+    import asyncio
+
+    import redis
+    from sqlalchemy import event
+
+    metadata = MetaData()
+    tables = runtime_tables("fls", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/flush.db")
+    metadata.create_all(engine)
+    transactions: list[int] = []
+    event.listen(engine, "begin", lambda _conn: transactions.append(1))
+
+    def queue(*ids: str) -> None:
+        with Session(engine) as s, s.begin():
+            s.execute(insert(tables.outbox), [
+                {"event_id": i, "stream": "idt:flush-test", "payload": b"{}",
+                 "created_at": datetime.now(UTC)} for i in ids
+            ])  # fmt: skip
+
+    relay = OutboxRelay(
+        service="fls", engine=engine, tables=tables, redis_url=redis_url,
+        metrics=RuntimeMetrics("fls"), batch_size=2,
+    )  # fmt: skip
+    r = redis.Redis.from_url(redis_url)
+    try:
+        queue("a")
+        transactions.clear()
+        assert asyncio.run(relay.flush()) == 1
+        assert len(transactions) == 1  # one short batch: done
+        queue("b", "c", "d", "e")
+        transactions.clear()
+        assert asyncio.run(relay.flush()) == 4
+        assert len(transactions) == 3  # two full batches, then one that finds none
+        assert r.xlen("idt:flush-test") == 5
+        with Session(engine) as s:
+            pending = s.execute(
+                select(tables.outbox.c.event_id).where(tables.outbox.c.published_at.is_(None))
+            ).all()
+        assert pending == []
+    finally:
+        r.close()
+        relay.close()
+        engine.dispose()
