@@ -120,6 +120,18 @@ def is_infra(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+def stream_entries(resp: Any) -> list[tuple[str, list[Any]]]:
+    """(stream, [(entry id, fields), ...]) of an XREADGROUP reply as redis-py gives
+    it: RESP2 (and RESP3 by default) `[[stream, entries], ...]`; RESP3 asked for
+    explicitly (`protocol=3`) `{stream: [entries]}`, the entries one list deeper."""
+    out = []
+    for name, entries in resp.items() if isinstance(resp, dict) else resp:
+        if entries and isinstance(entries[0], list):
+            entries = entries[0]
+        out.append((name.decode() if isinstance(name, bytes) else name, list(entries or [])))
+    return out
+
+
 class EventConsumer:
     """Everything between a raw stream entry and an ack, independent of FastStream."""
 
@@ -206,8 +218,9 @@ class EventConsumer:
         A failed read (Redis unreachable or loading, permission denied) is retried
         after a growing pause, the error kept in `read_error` for /health; what was
         read and not acked stays pending for the reclaimer. NOGROUP (Redis emptied,
-        a stream deleted): the groups are created again at 0. Stops after the read under way once
-        `stop()` was called, waiting for the reads being handled."""
+        a stream deleted): the groups are created again at 0. Stops after the read
+        under way once `stop()` was called, waiting for the reads being handled;
+        cancelled, it cancels them (their entries stay pending)."""
         streams: dict[Any, Any] = {s: ">" for s in self.streams}
         handling: set[asyncio.Task[None]] = set()
         pause = 0.0
@@ -231,6 +244,8 @@ class EventConsumer:
                                   self.service)  # fmt: skip
                         with contextlib.suppress(Exception):
                             await self.ensure_groups()
+                            pause = 0.0
+                            await asyncio.sleep(0.05)
                             continue
                     log.warning("%s: reading the streams failed (%s); again in %.2fs",
                                 self.service, self.read_error, pause)  # fmt: skip
@@ -245,23 +260,25 @@ class EventConsumer:
                     await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
                 if linger_ms and not self._backlogged(resp):
                     await asyncio.sleep(linger_ms / 1000)
+        except asyncio.CancelledError:
+            for task in handling:
+                task.cancel()
+            raise
         finally:
             if handling:
                 await asyncio.gather(*handling, return_exceptions=True)
 
     def _backlogged(self, resp: Any) -> bool:
         """A stream gave a full COUNT: more is waiting."""
-        pairs = resp.items() if isinstance(resp, dict) else resp
-        return any(len(entries) >= self.batch_size for _, entries in pairs)
+        return any(len(entries) >= self.batch_size for _, entries in stream_entries(resp))
 
     async def _handle_read(self, resp: Any) -> None:
-        """One XREADGROUP reply (RESP2: [[stream, [(id, fields), ...]], ...]; RESP3:
-        {stream: [...]}): every stream's entries handled at once."""
-        jobs = []
-        for name, entries in resp.items() if isinstance(resp, dict) else resp:
-            if entries:
-                stream = name.decode() if isinstance(name, bytes) else name
-                jobs.append(self.handle(stream, [e[0] for e in entries], [e[1] for e in entries]))
+        """One XREADGROUP reply: every stream's entries handled at once."""
+        jobs = [
+            self.handle(stream, [e[0] for e in entries], [e[1] for e in entries])
+            for stream, entries in stream_entries(resp)
+            if entries
+        ]
         for res in await asyncio.gather(*jobs, return_exceptions=True):
             if isinstance(res, BaseException):
                 # Not acked (Redis went away mid-batch, say): pending, reclaimed later.

@@ -127,12 +127,18 @@ class ServiceRuntime:
         )
         await self.consumer.ensure_groups()
         self._reader = asyncio.create_task(self.consumer.read_forever(s.block_ms, s.read_linger_ms))
+        self._reader.add_done_callback(self._reader_ended)
         self.metrics.consumer_up.labels(self.spec.name).set(1)
         self._streams = StreamCollector(
             self.spec.name, s.redis_url, self.spec.name, self.consumer.streams
         )
         self.metrics.registry.register(self._streams)  # type: ignore[arg-type]
         self._tasks.append(asyncio.create_task(self.consumer.reclaim_forever(s.reclaim_interval_s)))
+
+    def _reader_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: the stream reader stopped: %r (/health says so; restart the "
+                      "service)", self.spec.name, task.exception())  # fmt: skip
 
     def subscribers_running(self) -> bool:
         """The stream reader is reading (a service with no streams: trivially)."""
@@ -146,10 +152,15 @@ class ServiceRuntime:
             self.consumer.stop()
         if self._reader is not None:
             # Ends after the read under way (block_ms), once the batches it is
-            # handling are committed and acked.
-            await self._bounded("stream reader", asyncio.shield(self._reader))
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            # handling are committed and acked; past the limit it is cancelled (its
+            # batches too: their entries stay pending for the reclaimer).
+            reader = self._reader
+            _, late = await asyncio.wait({reader}, timeout=10.0)
+            if late:
+                log.error("%s: the stream reader took over 10s to stop; cancelling it",
+                          self.spec.name)  # fmt: skip
+                reader.cancel()
+                await asyncio.wait({reader}, timeout=10.0)
         if self.relay is not None:
             self.relay.stop()
         for t in self._tasks:

@@ -493,10 +493,12 @@ async def test_a_shared_transaction_takes_at_most_group_max_entries(
 
 
 @pytest.mark.asyncio
-async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_path):
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_path, protocol):
     """The reader asks for all of the service's streams in one XREADGROUP: what
     waits on several streams is applied in one transaction (one applier call
-    here, the streams sharing it), and acked."""
+    here, the streams sharing it), and acked. RESP3 (`?protocol=3` in the URL)
+    shapes the reply differently; it reads the same."""
     calls: list[list[str]] = []
 
     def applier(session, events):
@@ -506,7 +508,7 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
     tables = runtime_tables("one", metadata)
     engine = make_engine(f"sqlite:///{tmp_path}/one.db")
     metadata.create_all(engine)
-    client = redis.asyncio.from_url(redis_url)
+    client = redis.asyncio.from_url(redis_url, protocol=protocol)
     streams = ["idt:claim-registered", "idt:marker-set"]
     consumer = EventConsumer(
         service="one", group="one", consumer="one-1", redis=client, engine=engine,
@@ -578,3 +580,43 @@ async def _until(check, timeout_s: float = 10.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"not so after {timeout_s} s")
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_reader_ends_at_once_and_leaves_its_batch_pending(redis_url, tmp_path):
+    """Cancelled (a shutdown past its limit), the reader cancels the batch it is
+    handling instead of waiting for a commit that may never end; the entry is
+    not acked, so the reclaimer gets it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(session, events):
+        entered.set()
+        release.wait(20)
+
+    metadata = MetaData()
+    tables = runtime_tables("cnc", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/cancel.db")
+    metadata.create_all(engine)
+    client = redis.asyncio.from_url(redis_url)
+    consumer = EventConsumer(
+        service="cnc", group="cnc", consumer="cnc-1", redis=client, engine=engine,
+        tables=tables, appliers={"idt:claim-registered": stuck}, metrics=RuntimeMetrics("cnc"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    r = redis.Redis.from_url(redis_url)
+    xadd(r, claim_registered("STUCK-1"))
+    reader = asyncio.create_task(consumer.read_forever(block_ms=50))
+    try:
+        await _until(entered.is_set)
+        reader.cancel()
+        done, _ = await asyncio.wait({reader}, timeout=3)
+        assert reader in done and reader.cancelled()
+        assert r.xpending("idt:claim-registered", "cnc")["pending"] == 1
+    finally:
+        release.set()
+        consumer.stop()
+        await asyncio.wait({reader}, timeout=10)
+        await asyncio.sleep(0.2)  # the worker thread's transaction ends
+        await client.aclose()
+        r.close()
+        engine.dispose()
