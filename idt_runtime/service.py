@@ -88,7 +88,11 @@ class ServiceRuntime:
         await asyncio.to_thread(
             migrate, self.engine, self.spec.migrations, f"{self.spec.prefix}_alembic_version"
         )
-        self.redis = aredis.from_url(s.redis_url)
+        self.redis = aredis.from_url(
+            s.redis_url,
+            socket_timeout=s.block_ms / 1000 + s.redis_timeout_s,
+            socket_connect_timeout=min(5.0, s.redis_timeout_s),
+        )
         await self.redis.ping()
         self.relay = OutboxRelay(
             service=self.spec.name,

@@ -51,6 +51,10 @@ class RuntimeSettings(BaseSettings):
     #: and a relay run serve many events. Adds at most this much to each hop's
     #: latency; 0 reads again at once (docs/decisions.md).
     read_linger_ms: int = Field(default=50, ge=0, le=1_000)
+    #: A Redis command (beyond a read's own BLOCK) that has not answered after this
+    #: many seconds fails, and the next one takes a new connection: a connection a
+    #: network fault left half-open cannot hang the reader or the acks for ever.
+    redis_timeout_s: float = Field(default=10.0, gt=0, le=300)
     #: Entries pending longer than this (a consumer died between read and ack)
     #: are claimed by a live consumer of the same group.
     reclaim_idle_ms: int = Field(default=30_000, ge=10)

@@ -1,6 +1,8 @@
 """A TCP proxy a test can cut: `cut()` drops every connection and refuses new
 ones (the database is gone, as after a network partition or a failover);
-`restore()` accepts again. Upstream is TCP or a Unix socket (the embedded
+`restore()` accepts again. `silence()` leaves the connections open now open but
+forwards nothing more on them (half-open, as when a peer vanishes without a
+FIN); connections made after it work. Upstream is TCP or a Unix socket (the embedded
 PostgreSQL listens on one)."""
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class TcpProxy:
         self._closed = False
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        # Connections of a generation below `_muted_below` forward nothing.
+        self._generation = 0
+        self._muted_below = 0
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     @classmethod
@@ -64,6 +69,11 @@ class TcpProxy:
     def restore(self) -> None:
         self._up.set()
 
+    def silence(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._muted_below = self._generation
+
     def _accept(self) -> None:
         while not self._closed:
             try:
@@ -85,13 +95,15 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
+                generation = self._generation
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, generation), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, generation: int = 0) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if generation >= self._muted_below:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

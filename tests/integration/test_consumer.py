@@ -620,3 +620,27 @@ async def test_a_cancelled_reader_ends_at_once_and_leaves_its_batch_pending(redi
         await client.aclose()
         r.close()
         engine.dispose()
+
+
+def test_a_half_open_redis_connection_does_not_hang_the_reader(redis_url, var_dir, r):
+    """A network fault can leave the reader's connection open with nobody at the
+    other end (no FIN, nothing more): its blocked read must give up after
+    IDT_REDIS_TIMEOUT_S and take a new connection, not wait for ever. (Redis may
+    have delivered the next entry into the silence: the reclaimer gets it.)"""
+    from urllib.parse import urlparse
+
+    from tests.chaos.proxy import TcpProxy
+
+    u = urlparse(redis_url)
+    with TcpProxy((u.hostname or "127.0.0.1", u.port or 6379)) as proxy:
+        url = redis_url.replace(f"{u.hostname}:{u.port}", f"127.0.0.1:{proxy.port}", 1)
+        settings = ContactCentreSettings(
+            redis_url=url, var_dir=var_dir, environment="test", customer_ref_key=TEST_KEY,
+            block_ms=50, redis_timeout_s=1, reclaim_idle_ms=500, reclaim_interval_s=0.2,
+        )  # fmt: skip
+        with TestClient(create_app(settings)) as client:
+            xadd(r, claim_registered("OPEN-1"))
+            wait_for(lambda: count(client, CcClaim) == 1)
+            proxy.silence()  # every connection open now goes quiet
+            xadd(r, claim_registered("LATER-1"))
+            wait_for(lambda: count(client, CcClaim) == 2, timeout=20)
