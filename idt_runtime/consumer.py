@@ -133,7 +133,7 @@ def stream_entries(resp: Any) -> list[tuple[str, list[Any]]]:
 
 
 class EventConsumer:
-    """Everything between a raw stream entry and an ack, independent of FastStream."""
+    """Everything between a raw stream entry and an ack."""
 
     def __init__(
         self,
@@ -251,14 +251,16 @@ class EventConsumer:
                                 self.service, self.read_error, pause)  # fmt: skip
                     await asyncio.sleep(pause)
                     continue
-                if not resp:
+                got = stream_entries(resp) if resp else []
+                if not got:
                     continue
-                task = asyncio.create_task(self._handle_read(resp))
+                task = asyncio.create_task(self._handle_read(got))
                 handling.add(task)
                 task.add_done_callback(handling.discard)
                 if len(handling) >= in_flight:
                     await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
-                if linger_ms and not self._backlogged(resp):
+                # No stream gave a full COUNT (no backlog): let more gather.
+                if linger_ms and all(len(entries) < self.batch_size for _, entries in got):
                     await asyncio.sleep(linger_ms / 1000)
         except asyncio.CancelledError:
             for task in handling:
@@ -268,15 +270,11 @@ class EventConsumer:
             if handling:
                 await asyncio.gather(*handling, return_exceptions=True)
 
-    def _backlogged(self, resp: Any) -> bool:
-        """A stream gave a full COUNT: more is waiting."""
-        return any(len(entries) >= self.batch_size for _, entries in stream_entries(resp))
-
-    async def _handle_read(self, resp: Any) -> None:
-        """One XREADGROUP reply: every stream's entries handled at once."""
+    async def _handle_read(self, got: list[tuple[str, list[Any]]]) -> None:
+        """One read's entries (`stream_entries`): every stream's handled at once."""
         jobs = [
             self.handle(stream, [e[0] for e in entries], [e[1] for e in entries])
-            for stream, entries in stream_entries(resp)
+            for stream, entries in got
             if entries
         ]
         for res in await asyncio.gather(*jobs, return_exceptions=True):

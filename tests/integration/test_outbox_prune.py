@@ -1,5 +1,6 @@
 """The outbox keeps what is in flight, not every event forever: published rows
-older than the retention period are deleted, on SQLite and PostgreSQL."""
+older than the retention period are deleted, on SQLite and PostgreSQL. And its
+relay publishes everything pending with no transaction more than it needs."""
 
 from __future__ import annotations
 
