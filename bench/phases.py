@@ -421,6 +421,7 @@ def run_latency(
     reader = AlertReader(redis_url, everyone, {p.claim_id for p in probes}).start()
     cleared_stream = stream_for("claim-cleared")
     sent: dict[str, float] = {}
+    tick_sent: float | None = None
     filler_lines = _cycle(filler)
     every = max(1, round(rate / probe_rate))
     total = math.ceil(seconds * rate)
@@ -451,6 +452,7 @@ def run_latency(
             batch_streams: list[str] = []
             while published < due:
                 if published == tick_at:
+                    tick_sent = perf_counter()
                     line = tick_line(day0)
                     stream = stream_of(line)
                     xadd(pipe, stream, line)
@@ -496,7 +498,8 @@ def run_latency(
         reader.stop()
     if reader.error is not None:
         raise BenchError(f"the alert reader failed: {reader.error!r}")
-    samples = tuple((reader.arrived[c] - t) * 1000 for c, t in sent.items() if c in reader.arrived)
+    landed = [(c, t) for c, t in sent.items() if c in reader.arrived]
+    samples = tuple((reader.arrived[c] - t) * 1000 for c, t in landed)
     return Latency(
         target_rate=rate,
         achieved_rate=published / duration,
@@ -505,4 +508,6 @@ def run_latency(
         samples_ms=samples,
         missing=len(sent) - len(samples),
         max_behind_ms=behind * 1000,
+        sent_s=tuple(t - began for _, t in landed),
+        tick_s=None if tick_sent is None else tick_sent - began,
     )

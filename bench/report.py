@@ -178,6 +178,22 @@ class Latency:
     missing: int
     #: How far the paced publisher fell behind its schedule at worst.
     max_behind_ms: float
+    #: Seconds into the phase each sample's probe was published (as `samples_ms`).
+    sent_s: tuple[float, ...] = ()
+    #: Seconds into the phase the clock tick was published.
+    tick_s: float | None = None
+
+    def slices(self, count: int = 6) -> list[tuple[float, float, tuple[float, ...]]]:
+        """The samples by when their probe was published, in `count` equal slices
+        of the phase: (from s, to s, samples). Shows whether a tail is spread over
+        the phase or gathered at a moment (the tick, a sweep)."""
+        if not self.sent_s or len(self.sent_s) != len(self.samples_ms) or self.seconds <= 0:
+            return []
+        width = self.seconds / count
+        out: list[list[float]] = [[] for _ in range(count)]
+        for at, sample in zip(self.sent_s, self.samples_ms, strict=True):
+            out[min(int(at / width), count - 1)].append(sample)
+        return [(i * width, (i + 1) * width, tuple(x)) for i, x in enumerate(out)]
 
     def p(self, q: float) -> float | None:
         return percentile(self.samples_ms, q) if self.samples_ms else None
@@ -613,6 +629,30 @@ def _latency(r: Results) -> list[str]:
         ),
         "",
     ]
+    slices = [(a, b, x) for a, b, x in lat.slices() if x]
+    if slices:
+        tick = lat.tick_s
+        out += [
+            "By when the probe was published (the clock tick moves business time at "
+            f"{secs(tick) if tick is not None else 'no point'}: the claims it makes due are "
+            "re-evaluated then, beside the claim events):",
+            "",
+            *table(
+                ["published", "alerts", "p50", "p99", "max", ""],
+                [
+                    [
+                        f"{a:,.0f} to {b:,.0f} s",
+                        n(len(x)),
+                        ms(percentile(x, 50)),
+                        ms(percentile(x, 99)),
+                        ms(max(x)),
+                        "tick" if tick is not None and a <= tick < b else "",
+                    ]
+                    for a, b, x in slices
+                ],
+            ),
+            "",
+        ]
     if trend and trend[1] > 2 * trend[0] + 50:
         out += [
             "Latency rose during the phase: the stack consumed more slowly than "

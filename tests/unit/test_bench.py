@@ -425,3 +425,22 @@ def test_the_scheduler_alone_applies_the_whole_log_to_its_store(tmp_path: Path) 
     assert claims == info.claims
     assert recorded == info.events
     assert windows > 0
+
+
+def test_latency_by_slice_shows_where_the_tail_gathers() -> None:
+    # 60 probes a second apart; those sent from 30 s to 40 s (after the tick) waited.
+    sent = tuple(float(i) for i in range(60))
+    samples = tuple(900.0 if 30 <= s < 40 else 60.0 for s in sent)
+    lat = Latency(1000.0, 1000.0, 60.0, 60, samples, 0, 1.0, sent_s=sent, tick_s=30.2)
+    slices = lat.slices(6)
+    assert [(a, b, len(x)) for a, b, x in slices] == [
+        (0.0, 10.0, 10), (10.0, 20.0, 10), (20.0, 30.0, 10),
+        (30.0, 40.0, 10), (40.0, 50.0, 10), (50.0, 60.0, 10),
+    ]  # fmt: skip
+    assert max(slices[3][2]) == 900.0 and max(slices[2][2]) == 60.0
+    text = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], lat))
+    row = next(line for line in text.splitlines() if line.startswith("| 30 to 40 s"))
+    assert "900.0 ms" in row and row.rstrip(" |").endswith("tick")
+    assert "| 20 to 30 s | 10 | 60.0 ms | 60.0 ms | 60.0 ms |" in text
+    # Without send times (an older run), no slice table.
+    assert Latency(1000.0, 1000.0, 60.0, 2, (1.0, 2.0), 0, 1.0).slices() == []
