@@ -151,6 +151,7 @@ class EventConsumer:
         max_deliveries: int = 5,
         batch_size: int = 500,
         after_commit: Callable[[], None] | None = None,
+        publish_now: Callable[[], bool] | None = None,
     ) -> None:
         self.service = service
         self.group = group
@@ -171,6 +172,8 @@ class EventConsumer:
         self.max_deliveries = max_deliveries
         self.batch_size = batch_size
         self.after_commit = after_commit
+        # Publishes pending outbox rows in the calling thread (True: none left).
+        self.publish_now = publish_now
         self._running = True
         # Batches of different streams are read concurrently; their commits run
         # one at a time so that a claim's recomputation never interleaves with
@@ -471,9 +474,24 @@ class EventConsumer:
                 applier(session, fresh)
             bulk_insert(session, processed, rows)
             queued = queued_in(session)
-        if queued:
+        if queued and not self._published_inline():
             self._queued_outbox = True  # committed: the relay has something to send
         return results
+
+    def _published_inline(self) -> bool:
+        """Publish what the transaction just committed to the outbox, here in the
+        committing thread before the next batch's commit can start: handed to the
+        relay's task instead, its rows waited for the write lock behind that next
+        commit, so every alert was a whole batch late. False when rows are left
+        (more than a batch, or Redis failed): the relay is woken for them."""
+        if self.publish_now is None:
+            return False
+        try:
+            return self.publish_now()
+        except Exception as exc:  # committed all the same: the relay retries
+            log.debug("%s: publishing after the commit failed (%r); the relay retries",
+                      self.service, exc)  # fmt: skip
+            return False
 
     async def _ack_and_dead_letter(
         self, stream: str, ack_ids: list[str], dead: list[tuple[RawEntry, str]]

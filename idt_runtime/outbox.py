@@ -226,15 +226,26 @@ class OutboxRelay:
             self.metrics.outbox_pruned.labels(self.service).inc(total)
         return total
 
+    def publish_once(self) -> bool:
+        """Publish one batch of pending rows now, in the calling thread (the
+        consumer's, right after a commit that queued rows); True when it took every
+        pending row (a short batch). Raises what publishing raised."""
+        streams, left = self._publish_batch()
+        self._count(streams, left)
+        return len(streams) < self.batch_size
+
+    def _count(self, streams: list[str], left: int) -> None:
+        self.metrics.outbox_pending.labels(self.service).set(left)
+        for stream in streams:
+            self.metrics.published.labels(self.service, stream).inc()
+
     async def flush(self) -> int:
         """Publish everything pending; returns how many were published."""
         published = 0
         async with self._lock:
             while True:
                 streams, left = await asyncio.to_thread(self._publish_batch)
-                self.metrics.outbox_pending.labels(self.service).set(left)
-                for stream in streams:
-                    self.metrics.published.labels(self.service, stream).inc()
+                self._count(streams, left)
                 published += len(streams)
                 if len(streams) < self.batch_size:
                     # A short batch took every row there was: no transaction more

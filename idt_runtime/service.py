@@ -128,6 +128,7 @@ class ServiceRuntime:
             max_deliveries=s.max_deliveries,
             batch_size=s.batch_size,
             after_commit=self.relay.notify,
+            publish_now=self.relay.publish_once,
         )
         await self.consumer.ensure_groups()
         self._reader = asyncio.create_task(self.consumer.read_forever(s.block_ms, s.read_linger_ms))

@@ -574,6 +574,68 @@ async def test_the_relay_is_woken_only_by_transactions_that_queued_events(redis_
         engine.dispose()
 
 
+@pytest.mark.asyncio
+async def test_a_commit_that_queued_events_publishes_them_before_the_next_commit(
+    redis_url, tmp_path
+):
+    """What a batch queued in the outbox is on its stream before the batch is
+    acked, published by the committing thread (the relay's task, asleep here, is
+    not woken); when Redis refuses, the batch is still acked and the relay is woken
+    to publish later."""
+    from idt_runtime.embedded_redis import free_port
+    from idt_runtime.outbox import OutboxRelay, add_to_outbox
+
+    metadata = MetaData()
+    tables = runtime_tables("inl", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/inline.db")
+    metadata.create_all(engine)
+    woken: list[int] = []
+    copies = "idt:test-inline-copies"
+
+    def applier(session, events):
+        add_to_outbox(session, tables, events, stream=copies)
+
+    def consumer_for(relay_url: str) -> tuple[EventConsumer, OutboxRelay]:
+        relay = OutboxRelay(service="inl", engine=engine, tables=tables, redis_url=relay_url,
+                            metrics=RuntimeMetrics("inl"))  # fmt: skip
+        consumer = EventConsumer(
+            service="inl", group="inl", consumer="inl-1", redis=client, engine=engine,
+            tables=tables, appliers={"idt:claim-registered": applier},
+            metrics=RuntimeMetrics("inl"), after_commit=lambda: woken.append(1),
+            publish_now=relay.publish_once,
+        )  # fmt: skip
+        return consumer, relay
+
+    client = redis.asyncio.from_url(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    consumer, relay = consumer_for(redis_url)
+    down, down_relay = consumer_for(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens
+    await consumer.ensure_groups()
+    try:
+        xadd(r, claim_registered("INL-1", event_id="inl-1"))
+        xadd(r, claim_registered("INL-2", event_id="inl-2"))
+        await _read(consumer, client)
+        published = [json.loads(f[b"__data__"])["id"] for _, f in r.xrange(copies)]
+        assert published == ["inl-1", "inl-2"]
+        assert woken == []
+        assert r.xpending("idt:claim-registered", "inl")["pending"] == 0
+
+        xadd(r, claim_registered("INL-3", event_id="inl-3"))
+        await _read(down, client)
+        assert woken == [1]  # Redis refused the relay: left to the relay's task
+        assert r.xpending("idt:claim-registered", "inl")["pending"] == 0
+        assert len(r.xrange(copies)) == 2
+        await relay.flush()  # the relay's task, Redis answering again
+        published = [json.loads(f[b"__data__"])["id"] for _, f in r.xrange(copies)]
+        assert published == ["inl-1", "inl-2", "inl-3"]
+    finally:
+        relay.close()
+        down_relay.close()
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
 async def _until(check, timeout_s: float = 10.0) -> None:
     for _ in range(int(timeout_s / 0.02)):
         if check():
