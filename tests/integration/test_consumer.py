@@ -117,6 +117,29 @@ def test_events_published_before_the_service_first_starts_are_consumed(redis_url
         wait_for(lambda: count(client, CcClaim) == 1)
 
 
+def test_a_running_service_leaves_its_startup_heap_out_of_garbage_collection(redis_url, var_dir):
+    """While the app runs, what it held once started is frozen and collections
+    wait for GC_THRESHOLDS; stopped, the process gets both back (a test process
+    runs many apps)."""
+    import gc
+
+    from idt_runtime.service import GC_THRESHOLDS
+
+    outside = gc.get_threshold()
+    gc.set_threshold(1_234, 5, 6)  # whatever the process had
+    settings = ContactCentreSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", customer_ref_key=TEST_KEY
+    )
+    try:
+        with TestClient(create_app(settings)):
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > 10_000  # modules, classes, the app
+        assert gc.get_threshold() == (1_234, 5, 6)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.set_threshold(*outside)
+
+
 def test_raw_redis_cli_xadd_is_consumed(cc, redis_url):
     doc = sample("claim-registered", id="raw-1")
     doc["data"]["claim_id"] = doc["subject"] = "RAW-1"
