@@ -26,6 +26,22 @@ class ScoOutcome(SQLModel, table=True):
     revision: int
 
 
+class ScoCount(SQLModel, table=True):
+    """Current outcomes (`sco_outcomes`) counted by basis, month of the outcome
+    date, Jobcentre, element, outcome and stage, kept with every revision: scores
+    and guard-rails add up at most a year of months, not every outcome of the year
+    (a national year is millions). Outcomes without a date count nowhere."""
+
+    __tablename__ = "sco_counts"
+    basis: str = Field(primary_key=True, max_length=10)
+    month: str = Field(primary_key=True, max_length=7)  # YYYY-MM
+    jobcentre_id: str = Field(primary_key=True, max_length=32)  # "" when none
+    element: str = Field(primary_key=True, max_length=4)
+    outcome: str = Field(primary_key=True, max_length=12)
+    stage: str = Field(primary_key=True, max_length=16)  # "" when none
+    n: int
+
+
 class ScoOffice(SQLModel, table=True):
     __tablename__ = "sco_offices"
     office_id: str = Field(primary_key=True, max_length=32)
