@@ -34,11 +34,24 @@ from sqlmodel import Session, create_engine
 
 #: SQLite's page cache per connection, in KiB.
 SQLITE_CACHE_KIB = 32 * 1024
+#: SQLite's own: a commit that leaves the WAL longer than this many pages
+#: checkpoints it (copies its pages into the database file and syncs both).
+SQLITE_AUTOCHECKPOINT_PAGES = 1000
+#: With a checkpointer of the service's own (`checkpoint_wal`), commits checkpoint
+#: only past this many pages (40 MiB): the checkpointer falling behind or stopping
+#: never lets the WAL grow without end.
+SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES = 10_000
 
 
-def make_engine(url: str, *, sqlite_cache_kib: int = SQLITE_CACHE_KIB) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    sqlite_cache_kib: int = SQLITE_CACHE_KIB,
+    sqlite_autocheckpoint_pages: int = SQLITE_AUTOCHECKPOINT_PAGES,
+) -> Engine:
     """An engine; for SQLite: WAL, a busy timeout, a page cache of `sqlite_cache_kib`
-    per connection and the file's folder created."""
+    per connection, commits checkpointing past `sqlite_autocheckpoint_pages` of WAL
+    and the file's folder created."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -58,6 +71,7 @@ def make_engine(url: str, *, sqlite_cache_kib: int = SQLITE_CACHE_KIB) -> Engine
             # hundreds of MiB, and every page that falls out of the cache is a
             # system call to read it back. It costs memory per connection.
             cur.execute(f"PRAGMA cache_size=-{int(sqlite_cache_kib)}")
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(sqlite_autocheckpoint_pages)}")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
@@ -72,6 +86,23 @@ def make_engine(url: str, *, sqlite_cache_kib: int = SQLITE_CACHE_KIB) -> Engine
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def checkpoint_wal(engine: Engine) -> tuple[int, int, int]:
+    """A passive WAL checkpoint of a SQLite database, on a connection of its own
+    (outside any transaction, taking no write lock): the WAL's pages copied into
+    the database file as far as no reader still needs them, while writers go on.
+    Returns SQLite's (busy, WAL frames, frames checkpointed)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            busy, frames, done = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            cur.close()
+        return int(busy), int(frames), int(done)
+    finally:
+        raw.close()
 
 
 def _wal_mode(cur: Any, *, timeout_s: float = 30.0) -> None:

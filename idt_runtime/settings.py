@@ -69,6 +69,9 @@ class RuntimeSettings(BaseSettings):
     outbox_retention_s: float = Field(default=3600.0, ge=0)
     #: SQLite only: page cache per connection, in MiB (SQLite's own default is 2).
     sqlite_cache_mib: int = Field(default=32, ge=1, le=4096)
+    #: SQLite only: seconds between the service's own WAL checkpoints, which keep
+    #: them out of the commits (0: commits checkpoint, SQLite's default way).
+    sqlite_checkpoint_s: float = Field(default=0.5, ge=0, le=60)
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -1,0 +1,66 @@
+"""SQLite's WAL is checkpointed by the service's own checkpointer, off the
+commits: commits checkpoint only past a fallback length."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from idt_runtime.db import (
+    SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES,
+    SQLITE_AUTOCHECKPOINT_PAGES,
+    checkpoint_wal,
+    make_engine,
+)
+from services.contact_centre.app import ContactCentreSettings, create_app
+from tests.conftest import wait_for
+from tests.helpers import TEST_KEY
+
+
+def _autocheckpoint(engine) -> int:
+    with engine.connect() as c:
+        return int(c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
+
+
+def test_a_passive_checkpoint_copies_the_wal_into_the_database_file(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db", sqlite_autocheckpoint_pages=10_000)
+    try:
+        assert _autocheckpoint(engine) == 10_000
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE scratch (x BLOB)"))
+            for _ in range(200):
+                c.execute(text("INSERT INTO scratch VALUES (randomblob(4000))"))
+        size = os.path.getsize(tmp_path / "c.db")
+        busy, frames, done = checkpoint_wal(engine)
+        assert (busy, done) == (0, frames) and frames > 200  # every page, none left
+        assert os.path.getsize(tmp_path / "c.db") > size + 200 * 4000
+        with engine.connect() as c:  # the data reads back from the file
+            assert c.execute(text("SELECT count(*) FROM scratch")).scalar_one() == 200
+    finally:
+        engine.dispose()
+
+
+def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir):
+    """Commits checkpoint only past the fallback (40 MiB of WAL); what the service
+    wrote reaches the database file all the same, by its checkpointer."""
+    settings = ContactCentreSettings(
+        redis_url=redis_url, var_dir=var_dir, environment="test", customer_ref_key=TEST_KEY,
+        sqlite_checkpoint_s=0.1,
+    )  # fmt: skip
+    db = var_dir / "contact_centre.db"
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+        assert _autocheckpoint(engine) == SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES
+        size = os.path.getsize(db)
+        with engine.begin() as c:  # 2 MB: far below the fallback
+            c.execute(text("CREATE TABLE scratch (x BLOB)"))
+            for _ in range(500):
+                c.execute(text("INSERT INTO scratch VALUES (randomblob(4000))"))
+        wait_for(lambda: os.path.getsize(db) > size + 500 * 4000, timeout=10)
+
+    off = settings.model_copy(update={"sqlite_checkpoint_s": 0.0})
+    with TestClient(create_app(off)) as client:
+        engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+        assert _autocheckpoint(engine) == SQLITE_AUTOCHECKPOINT_PAGES  # SQLite's own way
