@@ -53,12 +53,8 @@ def _count_stored_outcomes() -> None:
         month = (day if isinstance(day, date) else date.fromisoformat(str(day))).isoformat()[:7]
         key = (basis, month, jobcentre_id or "", element, outcome, stage or "")
         counts[key] = counts.get(key, 0) + int(n)
-    table = sa.table(
-        "sco_counts",
-        *(sa.column(c) for c in ("basis", "month", "jobcentre_id", "element", "outcome", "stage")),
-        sa.column("n", sa.Integer),
-    )
     names = ("basis", "month", "jobcentre_id", "element", "outcome", "stage")
+    table = sa.table("sco_counts", *(sa.column(c) for c in names), sa.column("n", sa.Integer))
     op.bulk_insert(table, [{**dict(zip(names, k)), "n": n} for k, n in sorted(counts.items())])
 
 
