@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, func, select
 from sqlmodel import Session
 
-from idt_contract.events import WindowOutcome, WindowOutcomeData, make_event
 from idt_runtime.bulk import bulk_insert
 from idt_runtime.db import make_engine, migrate
 from services.scoring import domain, handlers
 from services.scoring.app import SPEC
 from services.scoring.models import ScoClaim, ScoCount, ScoMarker, ScoOffice, ScoOutcome
+from tests.integration.test_scoring import outcome
 
 OUTCOMES = ["MET", "MISSED", "WAIVED", "DEFERRED", "PENDING", "WITHDRAWN"]
 JOBCENTRES = ["JC0101", "JC0102", None]
@@ -31,33 +31,15 @@ def _engine(database_url, tmp_path):
 
 
 def _revision(rng: random.Random, window: str, basis: str, revision: int):
-    outcome = rng.choice(OUTCOMES)
-    dated = outcome not in ("PENDING", "WITHDRAWN") or rng.random() < 0.3
-    data = WindowOutcomeData.model_validate(
-        {
-            "claim_id": window.split(":")[0],
-            "window_id": window,
-            "element": "IB",
-            "intervention": "IB_INITIAL_WFI",
-            "basis": basis,
-            "outcome": outcome,
-            # Across a month's end, so that a revision moves a window between months.
-            "outcome_date": date(2007, 8, 25) + timedelta(rng.randrange(14)) if dated else None,
-            "opens": "2007-07-01",
-            "closes": "2007-08-30",
-            "jobcentre_id": rng.choice(JOBCENTRES),
-            "revision": revision,
-            "stage": rng.choice(["BDC", "JOBCENTRE"]) if outcome == "MISSED" else None,
-        },
-        strict=False,
-    )
-    return make_event(
-        WindowOutcome,
-        source="/services/scheduler",
-        time=datetime(2007, 9, 1, tzinfo=UTC),
-        data=data,
-        id=f"wo-{window}-{basis}-{revision}",
-    )
+    kind = rng.choice(OUTCOMES)
+    dated = kind not in ("PENDING", "WITHDRAWN") or rng.random() < 0.3
+    # Across a month's end, so that a revision moves a window between months.
+    day = date(2007, 8, 25) + timedelta(rng.randrange(14)) if dated else None
+    return outcome(
+        window, kind, day.isoformat() if day else None, rng.choice(JOBCENTRES),
+        revision=revision, basis=basis,
+        stage=rng.choice(["BDC", "JOBCENTRE"]) if kind == "MISSED" else None,
+    )  # fmt: skip
 
 
 def _recount(session: Session) -> dict[tuple[str, ...], int]:
