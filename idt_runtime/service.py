@@ -277,7 +277,10 @@ def tune_gc() -> tuple[int, int, int]:
     events a second; returns the thresholds before, for shutdown to restore.
 
     - What the process holds once started (modules, classes, models, the app:
-      some 130,000 objects) is frozen, left out of every later collection.
+      some 130,000 objects) is frozen, left out of every later collection. No
+      collection first: garbage there is then stays, a small one-off, and a
+      full collection of a process that runs many apps (the tests) cost a
+      second or more per app started.
     - Collections start after `GC_THRESHOLDS[0]` more objects made than freed,
       not 700: nearly every object of a batch is freed by its reference count
       when the batch is done, so the default made a collection every few hundred
@@ -289,7 +292,6 @@ def tune_gc() -> tuple[int, int, int]:
     bench's steady load full collections paused a service 50-400 ms each
     (docs/decisions.md)."""
     before = gc.get_threshold()
-    gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     return before
