@@ -594,7 +594,12 @@ class EventConsumer:
                     log.error(
                         "%s: consumer group missing (Redis emptied?); recreating", self.service
                     )
-                    await self.ensure_groups()
+                    try:
+                        await self.ensure_groups()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as again:  # Redis away again: the next round retries
+                        log.warning("%s: recreating the groups failed: %r", self.service, again)
                 else:
                     log.exception("%s: reclaim failed", self.service)
             except asyncio.CancelledError:

@@ -659,6 +659,49 @@ async def test_a_commit_that_queued_events_publishes_them_before_the_next_commit
         engine.dispose()
 
 
+@pytest.mark.asyncio
+async def test_the_reclaimer_survives_failing_to_recreate_a_missing_group(redis_url, tmp_path):
+    """The group gone (Redis emptied) and Redis failing again while the reclaimer
+    recreates it: the reclaimer logs, keeps running and recreates it next round
+    (it used to end there, and nothing was reclaimed again until a restart)."""
+    metadata = MetaData()
+    tables = runtime_tables("rcl", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/reclaim.db")
+    metadata.create_all(engine)
+    client = redis.asyncio.from_url(redis_url)
+    consumer = EventConsumer(
+        service="rcl", group="rcl", consumer="rcl-1", redis=client, engine=engine,
+        tables=tables, appliers={"idt:claim-registered": lambda s, e: None},
+        metrics=RuntimeMetrics("rcl"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    r = redis.Redis.from_url(redis_url)
+    real = consumer.ensure_groups
+    calls: list[int] = []
+
+    async def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("Redis went away again")
+        await real()
+
+    consumer.ensure_groups = flaky  # type: ignore[method-assign]
+    r.xgroup_destroy("idt:claim-registered", "rcl")
+    task = asyncio.create_task(consumer.reclaim_forever(0.05))
+    try:
+        await _until(lambda: len(calls) >= 2)
+        await _until(
+            lambda: any(g["name"] == b"rcl" for g in r.xinfo_groups("idt:claim-registered"))
+        )
+        assert not task.done()
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
 async def _until(check, timeout_s: float = 10.0) -> None:
     for _ in range(int(timeout_s / 0.02)):
         if check():
