@@ -15,6 +15,7 @@ import redis
 import redis.asyncio
 from fastapi.testclient import TestClient
 from sqlalchemy import MetaData, func, select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from idt_contract import Envelope, entry_fields
@@ -29,7 +30,7 @@ from idt_contract.events import (
 )
 from idt_runtime.clock import FixedClock
 from idt_runtime.consumer import EventConsumer
-from idt_runtime.db import make_engine, runtime_tables
+from idt_runtime.db import RuntimeTables, make_engine, runtime_tables
 from idt_runtime.embedded_redis import redis_server_binary
 from idt_runtime.metrics import RuntimeMetrics
 from services.contact_centre.app import ContactCentreSettings, create_app
@@ -252,10 +253,7 @@ class FailOn:
 async def _consumer(redis_url: str, tmp: Path, applier, **kw) -> tuple[EventConsumer, object]:
     import redis.asyncio as aredis
 
-    metadata = MetaData()
-    tables = runtime_tables("tst", metadata)
-    engine = make_engine(f"sqlite:///{tmp}/tst.db")
-    metadata.create_all(engine)  # a throwaway schema for the runtime's own tables
+    tables, engine = runtime_store("tst", tmp / "tst.db")
     client = aredis.from_url(redis_url)
     consumer = EventConsumer(
         service="tst",
@@ -270,6 +268,16 @@ async def _consumer(redis_url: str, tmp: Path, applier, **kw) -> tuple[EventCons
     )
     await consumer.ensure_groups()
     return consumer, client
+
+
+def runtime_store(prefix: str, path: Path) -> tuple[RuntimeTables, Engine]:
+    """A SQLite file with only the runtime's own tables (processed events, outbox)
+    under `prefix`: a throwaway schema for consumer tests."""
+    metadata = MetaData()
+    tables = runtime_tables(prefix, metadata)
+    engine = make_engine(f"sqlite:///{path}")
+    metadata.create_all(engine)
+    return tables, engine
 
 
 async def _read(consumer: EventConsumer, client) -> None:
@@ -377,10 +385,7 @@ async def test_batches_of_several_streams_share_a_transaction_and_a_failure_stay
         if "bad" in ids:
             raise ValueError("cannot apply 'bad'")
 
-    metadata = MetaData()
-    tables = runtime_tables("grp", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/grp.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("grp", tmp_path / "grp.db")
     client = redis.asyncio.from_url(redis_url)
     # Two batches of one stream and one of another, all with the same applier.
     streams = ["idt:claim-registered", "idt:marker-set", "idt:claim-registered"]
@@ -453,10 +458,7 @@ async def _claims_then_markers(redis_url: str, tmp_path: Path) -> list[tuple[str
     def markers_applier(session, events):
         calls.append(("markers", [e.id for e in events]))
 
-    metadata = MetaData()
-    tables = runtime_tables("ord", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/ord.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("ord", tmp_path / "ord.db")
     client = redis.asyncio.from_url(redis_url)
     client_sync = redis.Redis.from_url(redis_url)
     consumer = EventConsumer(
@@ -527,10 +529,7 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
     def applier(session, events):
         calls.append(sorted(e.id for e in events))
 
-    metadata = MetaData()
-    tables = runtime_tables("one", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/one.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("one", tmp_path / "one.db")
     client = redis.asyncio.from_url(redis_url, protocol=protocol)
     streams = ["idt:claim-registered", "idt:marker-set"]
     consumer = EventConsumer(
@@ -560,10 +559,7 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
 async def test_the_relay_is_woken_only_by_transactions_that_queued_events(redis_url, tmp_path):
     from idt_runtime.outbox import add_to_outbox
 
-    metadata = MetaData()
-    tables = runtime_tables("wak", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/wake.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("wak", tmp_path / "wake.db")
     woken: list[int] = []
 
     def applier(session, events):
@@ -608,10 +604,7 @@ async def test_a_commit_that_queued_events_publishes_them_before_the_next_commit
     from idt_runtime.embedded_redis import free_port
     from idt_runtime.outbox import OutboxRelay, add_to_outbox
 
-    metadata = MetaData()
-    tables = runtime_tables("inl", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/inline.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("inl", tmp_path / "inline.db")
     woken: list[int] = []
     copies = "idt:test-inline-copies"
 
@@ -664,10 +657,7 @@ async def test_the_reclaimer_survives_failing_to_recreate_a_missing_group(redis_
     """The group gone (Redis emptied) and Redis failing again while the reclaimer
     recreates it: the reclaimer logs, keeps running and recreates it next round
     (it used to end there, and nothing was reclaimed again until a restart)."""
-    metadata = MetaData()
-    tables = runtime_tables("rcl", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/reclaim.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("rcl", tmp_path / "reclaim.db")
     client = redis.asyncio.from_url(redis_url)
     consumer = EventConsumer(
         service="rcl", group="rcl", consumer="rcl-1", redis=client, engine=engine,
@@ -721,10 +711,7 @@ async def test_a_cancelled_reader_ends_at_once_and_leaves_its_batch_pending(redi
         entered.set()
         release.wait(20)
 
-    metadata = MetaData()
-    tables = runtime_tables("cnc", metadata)
-    engine = make_engine(f"sqlite:///{tmp_path}/cancel.db")
-    metadata.create_all(engine)
+    tables, engine = runtime_store("cnc", tmp_path / "cancel.db")
     client = redis.asyncio.from_url(redis_url)
     consumer = EventConsumer(
         service="cnc", group="cnc", consumer="cnc-1", redis=client, engine=engine,
