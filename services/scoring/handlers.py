@@ -101,8 +101,6 @@ def count_key(row: Mapping[str, Any]) -> tuple[str, ...] | None:
     day = row["outcome_date"]
     if day is None:
         return None
-    if isinstance(day, str):  # as SQLite gives a DATE back to raw SQL
-        day = date.fromisoformat(day)
     return (
         str(row["basis"]),
         day.isoformat()[:7],
