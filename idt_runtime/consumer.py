@@ -188,6 +188,11 @@ class EventConsumer:
         self._queued_outbox = False
         #: Why the last read of the streams failed; None once one succeeds.
         self.read_error: str | None = None
+        # Batches being handled (read and not yet acked), and set while there are
+        # none: when a writer that can wait (the scheduler's sweeper) takes its turn.
+        self._in_hand = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     def stop(self) -> None:
         self._running = False
@@ -287,10 +292,35 @@ class EventConsumer:
 
     # ------------------------------------------------------------------ batches
 
+    async def quiet(self, within_s: float) -> bool:
+        """Wait until no batch is being handled, so that a writer who can wait (the
+        scheduler's sweeper) takes the write lock when no claim event would wait
+        behind it; at most `within_s` seconds, so that it is not starved under a
+        backlog. True if quiet."""
+        if not self._in_hand:
+            return True
+        try:
+            await asyncio.wait_for(self._quiet.wait(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def handle(
         self, stream: str, ids: Sequence[bytes | str], datas: Sequence[Any]
     ) -> BatchResult:
         """Process entries read from `stream` (by the subscriber or the reclaimer)."""
+        self._in_hand += 1
+        self._quiet.clear()
+        try:
+            return await self._handle(stream, ids, datas)
+        finally:
+            self._in_hand -= 1
+            if not self._in_hand:
+                self._quiet.set()
+
+    async def _handle(
+        self, stream: str, ids: Sequence[bytes | str], datas: Sequence[Any]
+    ) -> BatchResult:
         started = perf_counter()
         entries = [
             RawEntry(stream, i.decode() if isinstance(i, bytes) else i, dict(d or {}))

@@ -4,9 +4,11 @@ event time, publishes outcome revisions and alerts, and answers staff queries.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterator
 from datetime import date
+from time import perf_counter
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
@@ -97,20 +99,40 @@ class WindowsCollector:
         yield risk
 
 
+#: The least a sweep chunk waits for the consumer to be quiet.
+QUIET_WAIT_MIN_S = 0.01
+
+
 def due_sweeper(
     scheduler: handlers.Scheduler, interval_s: float = 1.0
 ) -> Callable[[ServiceRuntime], Coroutine[Any, Any, None]]:
     """A loop re-evaluating the claims business time made due beyond what the tick
-    itself did (`Scheduler.sweep_due`), a chunk per transaction, taking its turn
-    with the consumer's batches; it looks every `interval_s` seconds."""
+    itself did (`Scheduler.sweep_due`), a chunk per transaction, each when the
+    consumer has no batch in hand (`EventConsumer.quiet`), so that the thousands of
+    claims a tick makes due never hold claim events back; it looks every
+    `interval_s` seconds."""
 
     # Claims whose evaluation failed on their own, until business time moves on:
     # skipped, so that one bad claim cannot hold back every claim due after it.
     failing: dict[str, date] = {}
 
-    def sweep_once(runtime: ServiceRuntime) -> int:
+    def sweep_once(runtime: ServiceRuntime) -> tuple[int, float]:
+        """Claims re-evaluated, and the seconds the write lock was held for them."""
         engine = runtime.engine
         assert engine is not None
+        held = 0.0
+
+        @contextlib.contextmanager
+        def writing() -> Iterator[Session]:
+            nonlocal held
+            with write_lock(engine):
+                began = perf_counter()
+                try:
+                    with Session(engine) as s, s.begin():
+                        yield s
+                finally:
+                    held += perf_counter() - began
+
         if failing:
             with Session(engine) as s:
                 today = handlers.business_date(s)
@@ -119,8 +141,9 @@ def due_sweeper(
                     del failing[claim_id]
         skip = frozenset(failing)
         try:
-            with write_lock(engine), Session(engine) as s, s.begin():
-                return len(scheduler.sweep_due(s, skip=skip))
+            with writing() as s:
+                n = len(scheduler.sweep_due(s, limit=handlers.SWEEP_CHUNK, skip=skip))
+            return n, held
         except Exception as exc:
             if is_infra(exc) or is_race(exc):
                 raise  # the database away, or a replica got there first: next time
@@ -132,7 +155,7 @@ def due_sweeper(
         done = 0
         for claim_id in [c for c in due if c not in skip][: handlers.SWEEP_CHUNK]:
             try:
-                with write_lock(engine), Session(engine) as s, s.begin():
+                with writing() as s:
                     scheduler.reevaluate(s, [claim_id])
                 done += 1
             except Exception as exc:
@@ -143,7 +166,7 @@ def due_sweeper(
                 runtime.metrics.sweep_failures.labels(runtime.spec.name).inc()
                 log.error("scheduler: claim %s could not be re-evaluated (skipped until "
                           "business time moves): %r", claim_id, exc)  # fmt: skip
-        return done
+        return done, held
 
     async def run(runtime: ServiceRuntime) -> None:
         # Both counters exported from the start at 0, so that a first failure is
@@ -153,7 +176,17 @@ def due_sweeper(
         while True:
             await asyncio.sleep(interval_s)
             try:
-                while (n := await asyncio.to_thread(sweep_once, runtime)) > 0:
+                held = 0.0
+                while True:
+                    # Claim events first: a chunk waits until the consumer has no
+                    # batch in hand, for at most twice the time the last chunk held
+                    # the write lock (under a backlog the sweep still gets up to a
+                    # third of the writing).
+                    if runtime.consumer is not None:
+                        await runtime.consumer.quiet(max(QUIET_WAIT_MIN_S, 2 * held))
+                    n, held = await asyncio.to_thread(sweep_once, runtime)
+                    if n <= 0:
+                        break
                     runtime.metrics.swept.labels(runtime.spec.name).inc(n)
                     if runtime.relay is not None:
                         runtime.relay.notify()

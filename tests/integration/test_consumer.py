@@ -701,6 +701,49 @@ async def _until(check, timeout_s: float = 10.0) -> None:
 
 
 @pytest.mark.asyncio
+async def test_quiet_waits_while_a_batch_is_in_hand_and_gives_up_after_its_limit(
+    redis_url, tmp_path
+):
+    """`quiet` (when the scheduler's sweeper takes its turn) answers at once with no
+    batch in hand; with one being applied, it gives up (False) after the time it
+    was given, and a caller waiting longer is let through (True) once the batch
+    is committed and acked."""
+    tables, engine = runtime_store("qui", tmp_path / "quiet.db")
+    client = redis.asyncio.from_url(redis_url)
+    r = redis.Redis.from_url(redis_url)
+    entered, release = threading.Event(), threading.Event()
+
+    def applier(session, events):
+        entered.set()
+        assert release.wait(10), "the test never released the batch"
+
+    consumer = EventConsumer(
+        service="qui", group="qui", consumer="qui-1", redis=client, engine=engine,
+        tables=tables, appliers={"idt:claim-registered": applier},
+        metrics=RuntimeMetrics("qui"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    try:
+        assert await asyncio.wait_for(consumer.quiet(5.0), 1.0)
+        xadd(r, claim_registered("QUI-1", event_id="qui-1"))
+        reading = asyncio.create_task(_read(consumer, client))
+        await _until(entered.is_set)
+        assert await consumer.quiet(0.05) is False
+        waiting = asyncio.create_task(consumer.quiet(10.0))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        release.set()
+        assert await asyncio.wait_for(waiting, 5.0) is True
+        assert reading.done()  # quiet only once the batch was committed and acked
+        assert r.xpending("idt:claim-registered", "qui")["pending"] == 0
+    finally:
+        release.set()
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+@pytest.mark.asyncio
 async def test_a_cancelled_reader_ends_at_once_and_leaves_its_batch_pending(redis_url, tmp_path):
     """Cancelled (a shutdown past its limit), the reader cancels the batch it is
     handling instead of waiting for a commit that may never end; the entry is

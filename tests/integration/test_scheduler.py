@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 
@@ -347,3 +348,27 @@ def test_a_claim_that_cannot_be_reevaluated_does_not_stop_business_time(sweeping
     assert sweeping.get("/v1/claims/SWEEP-1").json()["as_of"] == "2007-03-25"
     wait_for(lambda: r.xpending("idt:clock-tick", "scheduler")["pending"] == 0)
     assert r.xlen("idt:dead-letters") == 0
+
+
+def test_sweep_chunks_wait_for_claim_events_but_are_never_starved(sweeping, r, monkeypatch):
+    """Before each chunk the sweeper asks the consumer to be quiet (no claim batch
+    in hand), so that the claims a tick makes due never hold claim events back.
+    Against a consumer that is never quiet (a backlog), it waits only the bounded
+    time it asked for, and every due claim is still swept."""
+    from services.scheduler.app import QUIET_WAIT_MIN_S
+
+    consumer = sweeping.app.state.runtime.consumer
+    asked: list[float] = []
+
+    async def never_quiet(within_s: float) -> bool:  # a batch always in hand
+        asked.append(within_s)
+        await asyncio.sleep(within_s)
+        return False
+
+    monkeypatch.setattr(consumer, "quiet", never_quiet)
+    tick(r, "2007-03-25")
+    wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS), timeout=15)
+    assert counter(sweeping, "idt_claims_swept_total") >= 6
+    # One chunk of 2 claims after each ask: at least three asks for six claims.
+    assert len(asked) >= 3
+    assert all(QUIET_WAIT_MIN_S <= w < 5 for w in asked)
