@@ -34,6 +34,7 @@ from .db import (
     checkpoint_wal,
     make_engine,
     migrate,
+    reading,
 )
 from .metrics import RuntimeMetrics, StreamCollector
 from .outbox import OutboxRelay
@@ -247,7 +248,7 @@ class ServiceRuntime:
             checks["redis"] = f"error: {type(exc).__name__}: {exc}"
         try:
             assert self.engine is not None
-            engine = self.engine
+            engine = reading(self.engine)
 
             def ping() -> None:
                 with engine.connect() as c:

@@ -19,6 +19,7 @@ from idt_contract.events import ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
 from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
+from idt_runtime.db import reading
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -174,6 +175,10 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         assert runtime.engine is not None
         return Session(runtime.engine)
 
+    def read_session() -> Session:
+        assert runtime.engine is not None
+        return Session(reading(runtime.engine))
+
     def now(value: datetime | None) -> datetime:
         """The moment of a command: its `occurred_at`, never in the future, or now."""
         current = runtime.clock.now()
@@ -208,7 +213,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
             ) from None
 
     def status_now(claim_id: str) -> ClaimStatusOut:
-        with session() as s:
+        with read_session() as s:
             return _status_out(handlers.claim_status(s, claim_id, today()))
 
     @router.post(
@@ -316,7 +321,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
         """Where a claim stands at its BDC: stage, outstanding evidence and working
         days elapsed. Jobcentres call this instead of phoning the BDC."""
         day = as_of or today()
-        with session() as s:
+        with read_session() as s:
             try:
                 return _status_out(handlers.claim_status(s, claim_id, day))
             except handlers.NotFound as exc:
@@ -348,7 +353,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
                 f"period must be a calendar month YYYY-MM (e.g. 2007-08), got {wanted!r}",
                 "invalid",
             ) from None
-        with session() as s:
+        with read_session() as s:
             rows = handlers.aact(s, first, last)
         return AactOut(
             period=wanted,

@@ -21,6 +21,7 @@ from idt_contract.events import Benefit, ClaimId, MarkerName, OfficeId
 from idt_domain.calendar import london_date
 from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
+from idt_runtime.db import reading
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -162,6 +163,10 @@ def create_app(
         assert runtime.engine is not None
         return Session(runtime.engine)
 
+    def read_session() -> Session:
+        assert runtime.engine is not None
+        return Session(reading(runtime.engine))
+
     def now(value: datetime | None) -> datetime:
         return value or runtime.clock.now()
 
@@ -249,7 +254,7 @@ def create_app(
         """Claims whose JOBCENTRE marker names no registered Jobcentre, or whose
         PRIMARY_BENEFIT marker disagrees with the benefit, live from the bus."""
         day = as_of or london_date(runtime.clock.now())
-        with session() as s:
+        with read_session() as s:
             rows = handlers.jp_process_report(
                 s, day, contact_centre_id=contact_centre_id, eligible_only=eligible_only
             )

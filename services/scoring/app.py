@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session
 
 from idt_runtime.clock import Clock
+from idt_runtime.db import reading
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -71,7 +72,7 @@ class ScoresCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.runtime.engine is None:
             return
-        with Session(self.runtime.engine) as s:
+        with Session(reading(self.runtime.engine)) as s:
             yield from self._collect(s)
 
     def _collect(self, s: Session) -> Iterator[Metric]:
@@ -199,9 +200,9 @@ def create_app(settings: ScoringSettings | None = None, clock: Clock | None = No
     runtime.metrics.registry.register(ScoresCollector(runtime, targets))
     router = APIRouter(prefix="/v1")
 
-    def session() -> Session:
+    def session() -> Session:  # the queries only read
         assert runtime.engine is not None
-        return Session(runtime.engine)
+        return Session(reading(runtime.engine))
 
     def period_of(text: str | None) -> domain.Period:
         if text is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -372,3 +373,38 @@ def test_sweep_chunks_wait_for_claim_events_but_are_never_starved(sweeping, r, m
     # One chunk of 2 claims after each ask: at least three asks for six claims.
     assert len(asked) >= 3
     assert all(QUIET_WAIT_MIN_S <= w < 5 for w in asked)
+
+
+def test_a_scrape_under_way_holds_no_commit_back(sched, r, monkeypatch):
+    """/metrics reads the windows in a snapshot that takes no lock: with a scrape
+    half-way through its reading, a clearance is still committed and alerted. (On
+    SQLite every transaction used to begin IMMEDIATE, taking the write lock, and
+    a scrape held the scheduler's commits for as long as it read: 0.1-4 s at 1M
+    events.)"""
+    from prometheus_client import generate_latest
+
+    from services.scheduler import handlers
+
+    real = handlers.open_windows_by_district
+    inside, release = threading.Event(), threading.Event()
+
+    def paused(session, closing_days):  # type: ignore[no-untyped-def]
+        found = real(session, closing_days)  # the read has begun
+        inside.set()
+        assert release.wait(30), "the test never let the scrape finish"
+        return found
+
+    tick(r, "2007-01-02")
+    settle(sched, "tick-2007-01-02")
+    monkeypatch.setattr(handlers, "open_windows_by_district", paused)
+    registry = sched.app.state.runtime.metrics.registry
+    scrape = threading.Thread(target=generate_latest, args=(registry,))
+    scrape.start()
+    try:
+        assert inside.wait(10)
+        publish(r, Claim("SCRAPED-1", benefit="IB", start="2007-01-01").cleared("2007-01-20"))
+        wait_for(lambda: kinds(r, "JC0101")["WINDOW_OPENED"] == 1, timeout=10)
+        assert scrape.is_alive()  # still reading meanwhile
+    finally:
+        release.set()
+        scrape.join(10)

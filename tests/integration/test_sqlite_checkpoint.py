@@ -1,5 +1,5 @@
-"""SQLite's WAL is checkpointed by the service's own checkpointer, off the
-commits: commits checkpoint only past a fallback length."""
+"""SQLite: the WAL is checkpointed by the service's own checkpointer, off the
+commits (commits checkpoint only past a fallback length); reads alone take no lock."""
 
 from __future__ import annotations
 
@@ -64,3 +64,43 @@ def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir):
     with TestClient(create_app(off)) as client:
         engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
         assert _autocheckpoint(engine) == SQLITE_AUTOCHECKPOINT_PAGES  # SQLite's own way
+
+
+def test_a_read_through_reading_takes_no_lock_and_keeps_its_snapshot(tmp_path):
+    """Transactions begin IMMEDIATE (the write lock at once), except through
+    `reading`: a read under way there lets another connection write, and goes on
+    seeing the data as it was when it began."""
+    import sqlite3
+
+    from sqlmodel import Session
+
+    from idt_runtime.db import reading
+
+    path = tmp_path / "r.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as c:
+            c.execute(text("CREATE TABLE t (x INTEGER)"))
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+
+        def write() -> None:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO t VALUES (1)")
+            other.execute("COMMIT")
+
+        with Session(engine) as plain:
+            plain.execute(text("SELECT count(*) FROM t")).one()
+            try:
+                write()
+                raise AssertionError("a plain session's read did not hold the write lock")
+            except sqlite3.OperationalError as exc:
+                assert "locked" in str(exc)  # BEGIN IMMEDIATE itself was refused
+        with Session(reading(engine)) as read:
+            assert read.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+            write()  # not held back
+            assert read.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+        with Session(reading(engine)) as read:
+            assert read.execute(text("SELECT count(*) FROM t")).scalar_one() == 1
+        other.close()
+    finally:
+        engine.dispose()
