@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import redis
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, Table, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -76,6 +76,20 @@ def _note_queued(session: Session, n: int) -> None:
 def queued_in(session: Session) -> int:
     """Outbox rows queued in `session` (by `add_to_outbox`/`add_routed_to_outbox`)."""
     return int(session.info.get(OUTBOX_QUEUED, 0))
+
+
+def prunable(outbox: Table, cutoff: datetime, limit: int) -> Select[tuple[int]]:
+    """Up to `limit` rows published before `cutoff`, oldest first, found by the
+    `published_at` index. (Ordered by `seq`, SQLite walked the table in `seq`
+    order instead, testing every row: while nothing was old enough, as in a
+    service's first hour, every prune read the whole outbox under the write
+    lock, 0.2-0.9 s at 1M events, once a minute.)"""
+    return (
+        select(outbox.c.seq)
+        .where(outbox.c.published_at < cutoff)
+        .order_by(outbox.c.published_at)
+        .limit(limit)
+    )
 
 
 class OutboxRelay:
@@ -210,13 +224,7 @@ class OutboxRelay:
         total = 0
         while True:
             with write_lock(self.engine), Session(self.engine) as s, s.begin():
-                old = (
-                    select(o.c.seq)
-                    .where(o.c.published_at < cutoff)
-                    .order_by(o.c.seq)
-                    .limit(chunk)
-                    .scalar_subquery()
-                )
+                old = prunable(o, cutoff, chunk).scalar_subquery()
                 result = s.execute(delete(o).where(o.c.seq.in_(old)))
                 gone = int(getattr(result, "rowcount", 0) or 0)
             total += gone

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from idt_runtime.db import make_engine, runtime_tables
 from idt_runtime.metrics import RuntimeMetrics
-from idt_runtime.outbox import OutboxRelay
+from idt_runtime.outbox import OutboxRelay, prunable
 
 
 def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url, tmp_path):  # type: ignore[no-untyped-def]
@@ -46,6 +46,25 @@ def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url
         short.close()
     finally:
         relay.close()
+        engine.dispose()
+
+
+def test_a_prune_finds_old_rows_by_index_not_by_reading_the_outbox(tmp_path):  # type: ignore[no-untyped-def]
+    """The prune runs once a minute under the write lock: SQLite must find the old
+    rows through the `published_at` index. Ordered by `seq` it walked the whole
+    table while nothing was old enough (0.2-0.9 s at 1M events)."""
+    metadata = MetaData()
+    tables = runtime_tables("prp", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/plan.db")
+    metadata.create_all(engine)
+    try:
+        query = prunable(tables.outbox, datetime(2026, 11, 23, tzinfo=UTC), 5000)
+        compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+        with engine.connect() as c:
+            plan = " | ".join(r[-1] for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        assert "ix_prp_outbox_published_at" in plan, plan
+        assert "SCAN" not in plan and "TEMP B-TREE" not in plan, plan
+    finally:
         engine.dispose()
 
 
