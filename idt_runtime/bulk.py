@@ -10,6 +10,14 @@ and column set, each value goes through its column type's own bind processor
 booleans, JSON...), and the driver's `executemany` gets plain tuples.
 
 Both run inside the caller's transaction (the session's connection).
+
+Reads run for every batch are built once, their IN lists bound at execution
+(`col.in_(bindparam("ids", expanding=True))`, executed with `{"ids": [...]}`;
+`ids_in` for the common one). Built per call, `col.in_(values)` left about ten
+objects in reference cycles each time (SQLAlchemy's parameters), which the
+garbage collector freed in pauses of 80-130 ms every half minute in each
+service, and building the statement took about as long as running it (240 µs
+against 130 for a 50-id lookup).
 """
 
 from __future__ import annotations
@@ -17,11 +25,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from datetime import date
-from functools import lru_cache
+from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Date, DateTime, Table, bindparam, insert, update
+from sqlalchemy import Date, DateTime, Select, Table, bindparam, insert, select, update
 from sqlalchemy.engine import Dialect
 from sqlmodel import Session
 
@@ -120,3 +128,11 @@ def _positional(dialect: Dialect, stmt: Any, table: Table) -> _Plan:
         sql = _NAMED.sub("%s", sql)
     columns = tuple(n[2:] for n in names)  # v_<column> and k_<key column>
     return sql, columns, _processors(dialect, table, columns)
+
+
+@cache
+def ids_in(table: Table, column: str = "event_id") -> Select[tuple[Any]]:
+    """`SELECT column FROM table WHERE column IN (:ids)`, built once per table:
+    which of the ids given as `{"ids": [...]}` are stored."""
+    c = table.c[column]
+    return select(c).where(c.in_(bindparam("ids", expanding=True)))

@@ -37,7 +37,6 @@ from typing import Any
 
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -45,7 +44,7 @@ from sqlmodel import Session
 from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
 from idt_contract.events import NINO_IN_TEXT
 
-from .bulk import bulk_insert
+from .bulk import bulk_insert, ids_in
 from .db import RuntimeTables, write_lock
 from .metrics import RuntimeMetrics
 from .outbox import queued_in
@@ -179,6 +178,7 @@ class EventConsumer:
         # one at a time so that a claim's recomputation never interleaves with
         # another (across processes, services lock the claim's row as well).
         self._commit_lock = write_lock(engine)
+        self._seen_query = ids_in(tables.processed)  # built once (bulk.py)
         # Batches waiting for the next shared transaction (`_commit_grouped`).
         self._waiting: list[
             tuple[str, Sequence[tuple[RawEntry, Envelope]], asyncio.Future[Any]]
@@ -472,11 +472,7 @@ class EventConsumer:
         ids = [ev.id for _, items in batches for _, ev in items]
         results: list[tuple[list[str], list[str]]] = []
         with self._commit_lock, Session(self.engine) as session, session.begin():
-            seen = set(
-                session.execute(select(processed.c.event_id).where(processed.c.event_id.in_(ids)))
-                .scalars()
-                .all()
-            )
+            seen = set(session.execute(self._seen_query, {"ids": ids}).scalars())
             calls: dict[Applier, list[Envelope]] = {}
             rows = []
             now = self._now()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, Table, bindparam, select
 from sqlmodel import Session, SQLModel
 
 from idt_contract import Envelope
@@ -61,6 +62,19 @@ def all_of(events: Sequence[Envelope], kind: type[E]) -> list[E]:
 Key = Any  # a primary-key value, or a tuple of them for a composite key
 
 
+@cache
+def _held_rows(table: Table) -> Select[Any]:
+    """Keys, time keys and event ids of the rows whose first key column is in
+    `{"ids": [...]}`, locked: built once per table (idt_runtime/bulk.py)."""
+    pk_cols = list(table.primary_key.columns)
+    return (
+        select(*pk_cols, table.c.time_key, table.c.event_id)
+        .where(pk_cols[0].in_(bindparam("ids", expanding=True)))
+        .order_by(*pk_cols)
+        .with_for_update()
+    )
+
+
 def upsert_latest_many(
     session: Session, model: type[SQLModel], items: Iterable[tuple[Key, Envelope, dict[str, Any]]]
 ) -> list[tuple[Any, ...]]:
@@ -83,12 +97,7 @@ def upsert_latest_many(
         return []
     # Narrowed by the first key column (portable; composite keys filtered below).
     firsts = sorted({k[0] for k in best})
-    found = session.execute(
-        select(*pk_cols, table.c.time_key, table.c.event_id)
-        .where(pk_cols[0].in_(firsts))
-        .order_by(*pk_cols)
-        .with_for_update()
-    ).all()
+    found = session.execute(_held_rows(table), {"ids": firsts}).all()
     existing = {tuple(r[: len(pk_cols)]): (r[-2], r[-1]) for r in found}
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import redis
-from sqlalchemy import Select, Table, delete, func, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -137,6 +137,13 @@ class OutboxRelay:
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.metrics = metrics
         self.batch_size = batch_size
+        # Built once, its IN list bound at execution (see bulk.py).
+        o = tables.outbox
+        self._mark_published = (
+            update(o)
+            .where(o.c.seq.in_(bindparam("seqs", expanding=True)))
+            .values(published_at=bindparam("at"))
+        )
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._running = True
@@ -169,11 +176,7 @@ class OutboxRelay:
                 for _, stream, payload in rows:
                     pipe.xadd(stream, {DATA_FIELD: bytes(payload)})
                 pipe.execute()
-            s.execute(
-                update(o)
-                .where(o.c.seq.in_([r[0] for r in rows]))
-                .values(published_at=datetime.now(UTC))
-            )
+            s.execute(self._mark_published, {"seqs": [r[0] for r in rows], "at": datetime.now(UTC)})
             # A short batch took every pending row there was (the relay lock is
             # held): nothing to count.
             left = (

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import and_, func
+from sqlalchemy import and_, bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
@@ -24,7 +24,7 @@ from idt_contract.events import (
     WindowOutcome,
 )
 from idt_domain.calendar import london_date, working_days_between
-from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
+from idt_runtime.bulk import bulk_insert, bulk_update_by_pk, ids_in
 from idt_runtime.consumer import Applier
 from idt_runtime.db import is_postgresql
 from idt_runtime.latest import advance_clock, upsert_latest_many
@@ -57,13 +57,7 @@ def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
             latest[key] = ev
     if not latest:
         return
-    t = ScoOutcome.__table__  # type: ignore[attr-defined]
-    found = session.execute(
-        select(*(t.c[c] for c in _OUTCOME_COLUMNS))
-        .where(t.c.window_id.in_(sorted({k[0] for k in latest})))
-        .order_by(t.c.window_id, t.c.basis)
-        .with_for_update()
-    ).all()
+    found = session.execute(_LOCK_OUTCOMES, {"ids": sorted({k[0] for k in latest})}).all()
     held_rows = {(r[0], r[1]): dict(zip(_OUTCOME_COLUMNS, r, strict=True)) for r in found}
     inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
@@ -84,8 +78,8 @@ def apply_outcomes(session: Session, events: Sequence[Envelope]) -> None:
             counts[was] -= 1
         if (now := count_key(row)) is not None:
             counts[now] += 1
-    bulk_insert(session, t, inserts)
-    bulk_update_by_pk(session, t, updates)
+    bulk_insert(session, _OUTCOMES, inserts)
+    bulk_update_by_pk(session, _OUTCOMES, updates)
     add_counts(session, counts)
 
 
@@ -94,6 +88,14 @@ _OUTCOME_COLUMNS = (
     "stage",
 )  # fmt: skip
 _COUNT_KEY = ("basis", "month", "jobcentre_id", "element", "outcome", "stage")
+_OUTCOMES = ScoOutcome.__table__  # type: ignore[attr-defined]
+#: Built once, its IN list bound at execution (idt_runtime/bulk.py).
+_LOCK_OUTCOMES = (
+    select(*(_OUTCOMES.c[c] for c in _OUTCOME_COLUMNS))
+    .where(_OUTCOMES.c.window_id.in_(bindparam("ids", expanding=True)))
+    .order_by(_OUTCOMES.c.window_id, _OUTCOMES.c.basis)
+    .with_for_update()
+)
 
 
 def count_key(row: Mapping[str, Any]) -> tuple[str, ...] | None:
@@ -147,11 +149,7 @@ def _insert_new(session: Session, model: Any, rows: list[dict[str, Any]]) -> Non
     if not rows:
         return
     t = model.__table__
-    have = set(
-        session.execute(
-            select(t.c.event_id).where(t.c.event_id.in_([r["event_id"] for r in rows]))
-        ).scalars()
-    )
+    have = set(session.execute(ids_in(t), {"ids": [r["event_id"] for r in rows]}).scalars())
     fresh = {r["event_id"]: r for r in rows if r["event_id"] not in have}
     bulk_insert(session, t, list(fresh.values()))
 
