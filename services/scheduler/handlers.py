@@ -33,7 +33,7 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
-from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
+from idt_runtime.bulk import bulk_insert, bulk_update_by_pk, ids_in
 from idt_runtime.consumer import is_infra, is_race
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
@@ -149,23 +149,22 @@ _CLAIM_COLUMNS = ("claim_id", "facts", "next_check", "jobcentre_marker", "evalua
 # reference cycles (SQLAlchemy's IN parameters), which the garbage collector
 # freed in pauses of 80-130 ms, and took twice as long (idt_runtime/bulk.py).
 _IDS: BindParameter[Any] = bindparam("ids", expanding=True)
-_CLAIM_TABLE = SchClaim.__table__  # type: ignore[attr-defined]
-_EVENT_TABLE = SchEvent.__table__  # type: ignore[attr-defined]
-_ALERT_TABLE = SchAlert.__table__  # type: ignore[attr-defined]
+_WINDOWS = SchWindow.__table__  # type: ignore[attr-defined]
+_CLAIMS = SchClaim.__table__  # type: ignore[attr-defined]
+_EVENTS = SchEvent.__table__  # type: ignore[attr-defined]
+_ALERTS = SchAlert.__table__  # type: ignore[attr-defined]
 _LOCK_CLAIMS = (
-    select(*(_CLAIM_TABLE.c[c] for c in _CLAIM_COLUMNS))
-    .where(_CLAIM_TABLE.c.claim_id.in_(_IDS))
-    .order_by(_CLAIM_TABLE.c.claim_id)
+    select(*(_CLAIMS.c[c] for c in _CLAIM_COLUMNS))
+    .where(_CLAIMS.c.claim_id.in_(_IDS))
+    .order_by(_CLAIMS.c.claim_id)
     .with_for_update()
 )
-_EVENTS_OF_CLAIMS = select(_EVENT_TABLE.c.claim_id, _EVENT_TABLE.c.payload).where(
-    _EVENT_TABLE.c.claim_id.in_(_IDS)
+_EVENTS_OF_CLAIMS = select(_EVENTS.c.claim_id, _EVENTS.c.payload).where(
+    _EVENTS.c.claim_id.in_(_IDS)
 )
-_EVENTS_STORED = select(_EVENT_TABLE.c.event_id).where(_EVENT_TABLE.c.event_id.in_(_IDS))
-_WINDOWS_OF_CLAIMS = select(SchWindow.__table__).where(  # type: ignore[attr-defined]
-    SchWindow.__table__.c.claim_id.in_(_IDS)  # type: ignore[attr-defined]
-)
-_ALERTS_OF_CLAIMS = select(_ALERT_TABLE.c.key).where(_ALERT_TABLE.c.claim_id.in_(_IDS))
+_EVENTS_STORED = ids_in(_EVENTS)
+_WINDOWS_OF_CLAIMS = select(_WINDOWS).where(_WINDOWS.c.claim_id.in_(_IDS))
+_ALERTS_OF_CLAIMS = select(_ALERTS.c.key).where(_ALERTS.c.claim_id.in_(_IDS))
 
 
 def _lock_claims(session: Session, claim_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -508,8 +507,6 @@ class Scheduler:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_WINDOWS = SchWindow.__table__  # type: ignore[attr-defined]
-_CLAIMS = SchClaim.__table__  # type: ignore[attr-defined]
 _WINDOW_COLUMNS = tuple(_WINDOWS.c.keys())
 #: Each status's text, read without going through the enum (slow in a hot loop).
 _STATUS_TEXT: dict[Status, str] = {s: s.value for s in Status}
