@@ -104,3 +104,45 @@ def test_a_read_through_reading_takes_no_lock_and_keeps_its_snapshot(tmp_path):
         other.close()
     finally:
         engine.dispose()
+
+
+def test_the_wal_starts_again_from_its_beginning_under_steady_commits(tmp_path):
+    """Beside commits one after another, a plain passive checkpoint never ends
+    with no transaction under way, so SQLite never restarts the WAL and it grows
+    to the fallback length; `checkpoint_and_restart_wal` finishes holding the
+    write lock, and the WAL starts again (its length at a checkpoint drops)."""
+    import itertools
+    import threading
+    import time
+
+    from sqlmodel import Session
+
+    from idt_runtime.db import checkpoint_and_restart_wal, write_lock
+
+    engine = make_engine(f"sqlite:///{tmp_path}/w.db", sqlite_autocheckpoint_pages=10_000)
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE scratch (x BLOB)"))
+    stop = threading.Event()
+
+    def commits() -> None:
+        while not stop.is_set():
+            with write_lock(engine), Session(engine) as s, s.begin():
+                for _ in range(5):
+                    s.execute(text("INSERT INTO scratch VALUES (randomblob(3000))"))
+
+    writer = threading.Thread(target=commits)
+    writer.start()
+    lengths: list[int] = []
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy, frames, done = checkpoint_and_restart_wal(engine)
+            assert busy == 0 and done == frames  # every frame copied
+            lengths.append(frames)
+    finally:
+        stop.set()
+        writer.join(10)
+        engine.dispose()
+    restarts = sum(1 for a, b in itertools.pairwise(lengths) if b < a)
+    assert restarts >= len(lengths) // 4, lengths
