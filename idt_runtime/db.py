@@ -122,20 +122,6 @@ def checkpoint_wal(engine: Engine) -> tuple[int, int, int]:
         raw.close()
 
 
-def checkpoint_and_restart_wal(engine: Engine) -> tuple[int, int, int]:
-    """`checkpoint_wal`, then once more holding the process's write lock, so that
-    it ends with every frame copied and no transaction of this process under way:
-    the next writer then starts the WAL again from its beginning. A checkpoint
-    beside a steady stream of commits never ended so (a commit always landed after
-    it), SQLite restarts the WAL only when a writer begins after a complete
-    checkpoint, and the WAL grew until the commit that took it past the fallback
-    length checkpointed it itself (140 ms in the 1M bench). The locked pass copies
-    only what was committed during the first: a few ms."""
-    checkpoint_wal(engine)
-    with write_lock(engine):
-        return checkpoint_wal(engine)
-
-
 def _wal_mode(cur: Any, *, timeout_s: float = 30.0) -> None:
     """Put the file in WAL mode (it stays so: later connections find it there).
     Changing the journal mode needs the file to itself, and SQLite answers "database

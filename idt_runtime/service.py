@@ -31,7 +31,7 @@ from .db import (
     SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES,
     SQLITE_AUTOCHECKPOINT_PAGES,
     RuntimeTables,
-    checkpoint_and_restart_wal,
+    checkpoint_wal,
     make_engine,
     migrate,
     reading,
@@ -161,7 +161,7 @@ class ServiceRuntime:
 
     async def _checkpoint_forever(self, interval_s: float) -> None:
         """Checkpoint the SQLite WAL every `interval_s`, in a thread of its own
-        (`checkpoint_and_restart_wal`): a commit that checkpointed itself (every 1,000 pages, 4
+        (`checkpoint_wal`): a commit that checkpointed itself (every 1,000 pages, 4
         MiB, a few times a second under load) took 20-120 ms instead of 1-5 ms, and
         the batches behind it waited (docs/decisions.md)."""
         engine = self.engine
@@ -169,7 +169,7 @@ class ServiceRuntime:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await asyncio.to_thread(checkpoint_and_restart_wal, engine)
+                await asyncio.to_thread(checkpoint_wal, engine)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # commits checkpoint past the fallback meanwhile
