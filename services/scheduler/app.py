@@ -142,7 +142,7 @@ def due_sweeper(
         skip = frozenset(failing)
         try:
             with writing() as s:
-                n = len(scheduler.sweep_due(s, limit=handlers.SWEEP_CHUNK, skip=skip))
+                n = len(scheduler.sweep_due(s, skip=skip))
             return n, held
         except Exception as exc:
             if is_infra(exc) or is_race(exc):

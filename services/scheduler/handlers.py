@@ -283,10 +283,12 @@ class Scheduler:
                       "failed; the sweeper takes them: %r", as_of, exc)  # fmt: skip
 
     def sweep_due(
-        self, session: Session, limit: int = SWEEP_CHUNK, skip: frozenset[str] = frozenset()
+        self, session: Session, limit: int | None = None, skip: frozenset[str] = frozenset()
     ) -> list[str]:
-        """Re-evaluate up to `limit` claims that business time made due and no
-        evaluation has caught up with yet (not those in `skip`); returns them."""
+        """Re-evaluate up to `limit` claims (`SWEEP_CHUNK` as it is now) that business
+        time made due and no evaluation has caught up with yet (not those in `skip`);
+        returns them."""
+        limit = SWEEP_CHUNK if limit is None else limit
         lock_scope(session, STATE_SCOPE, exclusive=False)
         as_of = business_date(session)
         if as_of is None:
