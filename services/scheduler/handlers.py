@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, and_, bindparam, case, false, func, or_
+from sqlalchemy import BindParameter, Date, Integer, and_, bindparam, case, false, func, or_
 from sqlmodel import Session, col, select
 
 from idt_contract import Envelope, decode, make_event, stream_for
@@ -107,22 +107,10 @@ def business_date(session: Session) -> date | None:
 def due_claims(session: Session, as_of: date, limit: int) -> list[str]:
     """Claims business time (`as_of`) has made due and no evaluation on that date
     has seen: never evaluated with a business date, or with a `next_check` reached."""
-    c = _CLAIMS
-    never = session.execute(
-        select(c.c.claim_id)
-        .where(c.c.evaluated_as_of.is_(None))
-        .order_by(c.c.claim_id)
-        .limit(limit)
-    ).scalars()
-    out = list(never)
+    out = list(session.execute(NEVER_EVALUATED, {"limit": limit}).scalars())
     if len(out) < limit:
-        reached = session.execute(
-            select(c.c.claim_id)
-            .where(c.c.next_check <= as_of, c.c.evaluated_as_of < as_of)
-            .order_by(c.c.next_check, c.c.claim_id)
-            .limit(limit - len(out))
-        ).scalars()
-        out += reached
+        reached = session.execute(REACHED, {"as_of": as_of, "limit": limit - len(out)})
+        out += reached.scalars()
     return out
 
 
@@ -165,6 +153,24 @@ _EVENTS_OF_CLAIMS = select(_EVENTS.c.claim_id, _EVENTS.c.payload).where(
 _EVENTS_STORED = ids_in(_EVENTS)
 _WINDOWS_OF_CLAIMS = select(_WINDOWS).where(_WINDOWS.c.claim_id.in_(_IDS))
 _ALERTS_OF_CLAIMS = select(_ALERTS.c.key).where(_ALERTS.c.claim_id.in_(_IDS))
+#: The sweep's two finds (`due_claims`), each by an index: claims never evaluated
+#: (the partial `ix_sch_claims_never_evaluated`), then those whose `next_check` is
+#: reached (`ix_sch_claims_next_check`).
+NEVER_EVALUATED = (
+    select(_CLAIMS.c.claim_id)
+    .where(_CLAIMS.c.evaluated_as_of.is_(None))
+    .order_by(_CLAIMS.c.claim_id)
+    .limit(bindparam("limit", type_=Integer))
+)
+REACHED = (
+    select(_CLAIMS.c.claim_id)
+    .where(
+        _CLAIMS.c.next_check <= bindparam("as_of", type_=Date),
+        _CLAIMS.c.evaluated_as_of < bindparam("as_of", type_=Date),
+    )
+    .order_by(_CLAIMS.c.next_check, _CLAIMS.c.claim_id)
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 def _lock_claims(session: Session, claim_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

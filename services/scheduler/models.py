@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from sqlalchemy import Column, LargeBinary, Text
+from sqlalchemy import Column, Index, LargeBinary, Text, column
 from sqlmodel import Field, SQLModel
 
 from idt_runtime.db import runtime_tables
@@ -28,10 +28,24 @@ class SchClaim(SQLModel, table=True):
     look at it again."""
 
     __tablename__ = "sch_claims"
+    # The sweep's two finds (`due_claims`), in the order it takes claims, so that
+    # each reads no more entries than it returns: claims never evaluated with a
+    # business date (partial, so that an evaluation moving `evaluated_as_of` from
+    # one date to the next writes no index page: a full index on it did, for 4% of
+    # the WAL), and claims by `next_check`.
+    __table_args__ = (
+        Index(
+            "ix_sch_claims_never_evaluated",
+            "claim_id",
+            sqlite_where=column("evaluated_as_of").is_(None),
+            postgresql_where=column("evaluated_as_of").is_(None),
+        ),
+        Index("ix_sch_claims_due", "next_check", "claim_id"),
+    )
     claim_id: str = Field(primary_key=True, max_length=64)
-    next_check: date | None = Field(default=None, index=True)
+    next_check: date | None = None
     jobcentre_marker: str | None = Field(default=None, index=True, max_length=32)
-    evaluated_as_of: date | None = Field(default=None, index=True)
+    evaluated_as_of: date | None = None
     #: What the rules need of each of the claim's events (`domain.fact_of`), a JSON
     #: list; NULL for a claim stored before facts were kept (read from its events).
     facts: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -68,7 +82,7 @@ class SchWindow(SQLModel, table=True):
     intervention: str = Field(max_length=20)
     seq: int
     opens: date
-    closes: date = Field(index=True)
+    closes: date
     status: str = Field(max_length=12, index=True)
     outcome_date: date | None = None
     jobcentre_id: str | None = Field(default=None, index=True, max_length=32)
@@ -90,7 +104,7 @@ class SchAlert(SQLModel, table=True):
     __tablename__ = "sch_alerts"
     key: str = Field(primary_key=True, max_length=240)
     kind: str = Field(max_length=30)
-    office_id: str = Field(max_length=32, index=True)
+    office_id: str = Field(max_length=32)
     claim_id: str = Field(max_length=64, index=True)
     event_id: str = Field(max_length=128)
 

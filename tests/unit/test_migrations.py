@@ -7,6 +7,7 @@ import multiprocessing
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -37,6 +38,65 @@ def test_migrations_match_the_models(service, tmp_path, database_url):
         )
         diff = compare_metadata(ctx, SQLModel.metadata)
     assert diff == [], f"models and migrations of {service} differ; run idt_runtime.revision"
+
+
+#: Each service's last migration with the outbox's event ids unique.
+_OUTBOX_IDS_UNIQUE_UNTIL = {
+    "contact_centre": "fc762326ab04",
+    "bdc": "47eb45cd8312",
+    "scheduler": "3bf517d901a7",
+    "scoring": "f379acf4f2f1",
+}
+
+
+def _outbox_row(seq: int, event_id: str, published: bool) -> dict[str, Any]:
+    stamp = "2026-11-24 03:00:00"
+    return {"seq": seq, "event_id": event_id, "stream": "idt:x", "payload": b"{}",
+            "created_at": stamp, "published_at": stamp if published else None}  # fmt: skip
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_an_outbox_keeps_its_rows_when_its_event_ids_stop_being_unique(
+    service, tmp_path, database_url
+):
+    """Compare_metadata does not see an unnamed UNIQUE constraint go on SQLite, so
+    this checks it: a store made before the change, with rows queued and published,
+    migrates to one whose outbox keeps every row and has no index on event ids
+    (each queued event wrote a page of one)."""
+    spec = importlib.import_module(f"services.{service}.app").SPEC
+    version_table = f"{spec.prefix}_alembic_version"
+    engine = make_engine(database_url or f"sqlite:///{tmp_path}/m.db")
+    outbox = sa.table(
+        f"{spec.prefix}_outbox",
+        *(sa.column(c) for c in _outbox_row(0, "", True)),
+    )
+    try:
+        migrate(engine, spec.migrations, version_table, to=_OUTBOX_IDS_UNIQUE_UNTIL[service])
+        rows = [_outbox_row(1, "a", True), _outbox_row(2, "b", False)]
+        with engine.begin() as conn:
+            conn.execute(outbox.insert(), rows)
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(outbox.insert(), [_outbox_row(3, "a", False)])  # unique before
+
+        migrate(engine, spec.migrations, version_table)
+
+        with engine.begin() as conn:
+            kept = conn.execute(sa.select(outbox.c.seq, outbox.c.event_id, outbox.c.published_at))
+            assert [(s, e, p is not None) for s, e, p in kept] == [(1, "a", True), (2, "b", False)]
+            conn.execute(outbox.insert(), [_outbox_row(3, "a", False)])
+        inspector = sa.inspect(engine)
+        on_ids = [
+            i["name"]
+            for i in [
+                *inspector.get_indexes(outbox.name),
+                *inspector.get_unique_constraints(outbox.name),
+            ]
+            if "event_id" in i["column_names"]
+        ]
+        assert on_ids == []
+        assert [i["column_names"] for i in inspector.get_indexes(outbox.name)] == [["published_at"]]
+    finally:
+        engine.dispose()
 
 
 def _replica(url: str, service: str, start: Any, results: Any) -> None:

@@ -1,0 +1,35 @@
+"""Operations several services' migrations share. A migration that calls one
+keeps calling it as it is: change what these do only by adding a new one."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+#: What an unnamed UNIQUE constraint on `event_id` is called while SQLite's copy of
+#: the table is rebuilt (Alembic's batch mode names it by this convention).
+_SQLITE_UQ = {"uq": "uq_%(table_name)s_%(column_0_name)s"}
+
+
+def drop_outbox_event_id_unique(table: str) -> None:
+    """Drop the UNIQUE constraint the initial schemas put, unnamed, on the outbox's
+    `event_id` (and with it its index). SQLite cannot drop a constraint: the table
+    is copied into a new one without it (the outbox holds at most an hour of rows
+    once pruned, so this takes seconds at most). PostgreSQL named it itself."""
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        with op.batch_alter_table(table, recreate="always", naming_convention=_SQLITE_UQ) as b:
+            b.drop_constraint(f"uq_{table}_event_id", type_="unique")
+        return
+    for uc in sa.inspect(bind).get_unique_constraints(table):
+        if uc["column_names"] == ["event_id"] and uc["name"]:
+            op.drop_constraint(uc["name"], table, type_="unique")
+
+
+def restore_outbox_event_id_unique(table: str) -> None:
+    """Undo `drop_outbox_event_id_unique` (fails if an event id is queued twice)."""
+    if op.get_bind().dialect.name == "sqlite":
+        with op.batch_alter_table(table, recreate="always") as b:
+            b.create_unique_constraint(f"uq_{table}_event_id", ["event_id"])
+        return
+    op.create_unique_constraint(f"{table}_event_id_key", table, ["event_id"])

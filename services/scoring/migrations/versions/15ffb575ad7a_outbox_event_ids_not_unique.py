@@ -1,0 +1,31 @@
+"""outbox event ids not unique
+
+The outbox's event ids stop being unique, and lose their index: nothing looks an
+outbox row up by event id, and being random they made every queued event write an
+index page of its own (idt_runtime/db.py, runtime_tables).
+
+Revision ID: 15ffb575ad7a
+Revises: f379acf4f2f1
+Create Date: 2026-11-24 03:25:14.953276
+"""
+
+from collections.abc import Sequence
+
+from idt_runtime.migration_ops import (
+    drop_outbox_event_id_unique,
+    restore_outbox_event_id_unique,
+)
+
+
+revision: str = '15ffb575ad7a'
+down_revision: str | None = 'f379acf4f2f1'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    drop_outbox_event_id_unique('sco_outbox')
+
+
+def downgrade() -> None:
+    restore_outbox_event_id_unique('sco_outbox')
