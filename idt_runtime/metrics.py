@@ -81,6 +81,14 @@ class RuntimeMetrics:
             ["service"],
             registry=r,
         )
+        self.wal_frames = Gauge(
+            "idt_sqlite_wal_frames",
+            "Frames (pages) in the service's SQLite WAL at its last checkpoint: staying "
+            "high means the WAL never starts again, and commits will checkpoint it "
+            "themselves past 10,000 (SQLite only).",
+            ["service"],
+            registry=r,
+        )
         self.consumer_up = Gauge(
             "idt_consumer_up",
             "1 while every subscriber of the service is reading.",

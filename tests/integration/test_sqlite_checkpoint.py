@@ -24,6 +24,13 @@ def _autocheckpoint(engine) -> int:
         return int(c.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one())
 
 
+def _wal_frames(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith("idt_sqlite_wal_frames{"):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
 def test_a_passive_checkpoint_copies_the_wal_into_the_database_file(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/c.db", sqlite_autocheckpoint_pages=10_000)
     try:
@@ -42,16 +49,31 @@ def test_a_passive_checkpoint_copies_the_wal_into_the_database_file(tmp_path):
         engine.dispose()
 
 
-def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir):
+def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir, monkeypatch):
     """Commits checkpoint only past the fallback (40 MiB of WAL); what the service
-    wrote reaches the database file all the same, by its checkpointer."""
+    wrote reaches the database file all the same, by its checkpointer. Each
+    checkpoint first waits for the consumer to have no batch in hand (so that it
+    ends before the next commit and SQLite can start the WAL again), but only
+    briefly: against a consumer never quiet (a backlog) it checkpoints all the
+    same. Operators see the WAL's length at the last checkpoint."""
+    import asyncio
+
     settings = ContactCentreSettings(
         redis_url=redis_url, var_dir=var_dir, environment="test", customer_ref_key=TEST_KEY,
         sqlite_checkpoint_s=0.1,
     )  # fmt: skip
     db = var_dir / "contact_centre.db"
     with TestClient(create_app(settings)) as client:
-        engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        asked: list[float] = []
+
+        async def never_quiet(within_s: float) -> bool:  # a batch always in hand
+            asked.append(within_s)
+            await asyncio.sleep(within_s)
+            return False
+
+        monkeypatch.setattr(runtime.consumer, "quiet", never_quiet)
+        engine = runtime.engine
         assert _autocheckpoint(engine) == SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES
         size = os.path.getsize(db)
         with engine.begin() as c:  # 2 MB: far below the fallback
@@ -59,6 +81,8 @@ def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir):
             for _ in range(500):
                 c.execute(text("INSERT INTO scratch VALUES (randomblob(4000))"))
         wait_for(lambda: os.path.getsize(db) > size + 500 * 4000, timeout=10)
+        assert asked and set(asked) == {0.1}
+        wait_for(lambda: _wal_frames(client.get("/metrics").text) >= 500, timeout=10)
 
     off = settings.model_copy(update={"sqlite_checkpoint_s": 0.0})
     with TestClient(create_app(off)) as client:
