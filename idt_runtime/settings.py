@@ -50,7 +50,7 @@ class RuntimeSettings(BaseSettings):
     #: arrived meanwhile, not an entry or two, and a transaction, an ack round
     #: and a relay run serve many events. Adds at most this much to each hop's
     #: latency; 0 reads again at once (docs/decisions.md).
-    read_linger_ms: int = Field(default=50, ge=0, le=1_000)
+    read_linger_ms: int = Field(default=20, ge=0, le=1_000)
     #: A Redis command (beyond a read's own BLOCK) that has not answered after this
     #: many seconds fails, and the next one takes a new connection: a connection a
     #: network fault left half-open cannot hang the reader or the acks for ever.
