@@ -79,7 +79,7 @@ DASHBOARD_METRICS = {
     "pipeline-health.json": {
         "idt_events_consumed_total", "idt_dead_letters", "idt_consumer_pending",
         "idt_consumer_lag", "idt_handler_failures_total", "idt_outbox_pending",
-        "idt_batch_seconds_bucket",
+        "idt_batch_seconds_bucket", "idt_sqlite_wal_frames",
     },
 }  # fmt: skip
 #: The alerts issue 4 (item 5) asks for.
@@ -416,6 +416,7 @@ def test_dashboards_and_rules_read_only_metrics_the_services_export(services, r)
                 sch, "idt_windows_open", element="IB", district=scoring.UNALLOCATED
             ) == 1,
             "dead letters": all(value(t, "idt_dead_letters") == 4 for t in out.values()),
+            "WAL checkpointed": value(sch, "idt_sqlite_wal_frames") is not None,
         }  # fmt: skip
         not_yet[:] = [name for name, ok in checks.items() if not ok]
         return None if not_yet else out
