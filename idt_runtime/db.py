@@ -38,9 +38,12 @@ SQLITE_CACHE_KIB = 32 * 1024
 #: checkpoints it (copies its pages into the database file and syncs both).
 SQLITE_AUTOCHECKPOINT_PAGES = 1000
 #: With a checkpointer of the service's own (`checkpoint_wal`), commits checkpoint
-#: only past this many pages (40 MiB): the checkpointer falling behind or stopping
-#: never lets the WAL grow without end.
-SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES = 10_000
+#: only past this many pages (160 MiB): the checkpointer falling behind or stopping
+#: never lets the WAL grow without end. At 10,000 the scheduler's WAL reached it
+#: every few seconds at 1,000 events/s (SQLite restarts the WAL only after a
+#: checkpoint no commit overlapped), and each commit that did checkpointed 50-100
+#: ms while the batches behind it waited (docs/decisions.md, Storage).
+SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES = 40_000
 #: The execution option `reading` sets: the connection only reads.
 READ_ONLY_OPTION = "idt_read_only"
 

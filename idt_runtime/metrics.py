@@ -85,7 +85,7 @@ class RuntimeMetrics:
             "idt_sqlite_wal_frames",
             "Frames (pages) in the service's SQLite WAL at its last checkpoint: staying "
             "high means the WAL never starts again, and commits will checkpoint it "
-            "themselves past 10,000 (SQLite only).",
+            "themselves past 40,000 (SQLite only).",
             ["service"],
             registry=r,
         )

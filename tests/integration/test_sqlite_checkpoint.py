@@ -50,7 +50,7 @@ def test_a_passive_checkpoint_copies_the_wal_into_the_database_file(tmp_path):
 
 
 def test_a_service_checkpoints_its_sqlite_wal_on_its_own(redis_url, var_dir, monkeypatch):
-    """Commits checkpoint only past the fallback (40 MiB of WAL); what the service
+    """Commits checkpoint only past the fallback (160 MiB of WAL); what the service
     wrote reaches the database file all the same, by its checkpointer. Each
     checkpoint first waits for the consumer to have no batch in hand (so that it
     ends before the next commit and SQLite can start the WAL again), but only
