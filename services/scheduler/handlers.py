@@ -155,7 +155,7 @@ _WINDOWS_OF_CLAIMS = select(_WINDOWS).where(_WINDOWS.c.claim_id.in_(_IDS))
 _ALERTS_OF_CLAIMS = select(_ALERTS.c.key).where(_ALERTS.c.claim_id.in_(_IDS))
 #: The sweep's two finds (`due_claims`), each by an index: claims never evaluated
 #: (the partial `ix_sch_claims_never_evaluated`), then those whose `next_check` is
-#: reached (`ix_sch_claims_next_check`).
+#: reached (`ix_sch_claims_due`, in the order the sweep takes them).
 NEVER_EVALUATED = (
     select(_CLAIMS.c.claim_id)
     .where(_CLAIMS.c.evaluated_as_of.is_(None))
