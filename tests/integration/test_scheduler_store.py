@@ -1,5 +1,5 @@
-"""The scheduler's store as migrated: the sweep's finds go by index, on a store that
-keeps no more indexes than its queries use (each is written at every event)."""
+"""The scheduler's store as migrated: the sweep's finds go by index, and the indexes
+no query used (each written at every event) are gone."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_the_sweep_finds_due_claims_by_index(query, index, tmp_path):  # type: i
         engine.dispose()
 
 
-def test_no_index_is_kept_that_no_query_uses(tmp_path):  # type: ignore[no-untyped-def]
+def test_the_indexes_no_query_used_are_gone(tmp_path):  # type: ignore[no-untyped-def]
     engine = make_engine(f"sqlite:///{tmp_path}/sch.db")
     migrate(engine, SPEC.migrations, "sch_alembic_version")
     try:
