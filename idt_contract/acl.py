@@ -110,9 +110,13 @@ WHY: dict[str, str] = {
     "xack": "acking after the database commit",
     "xautoclaim": "the reclaimer: entries idle too long in the group",
     "xclaim": "an alert reader taking over a dead consumer's entries",
-    "xpending": "delivery counts of reclaimed entries",
+    "xpending": "delivery counts of reclaimed entries; the trimmer finding each group's oldest "
+    "unacked entry",
     "xadd": "publishing: the outbox relay, dead letters, the clock, the registry, replays",
-    "xinfo|groups": "/metrics (pending, lag); `idt replay` waiting for the groups to drain",
+    "xinfo|groups": "/metrics (pending, lag); `idt replay` waiting for the groups to drain; "
+    "the trimmer reading where each group is",
+    "xtrim": "the trimmer (python -m idt_cli.trim): entries every group has acked, older than "
+    "the retention",
     "xinfo|stream": "`idt replay` reading the derived streams' last ids; alert readers",
     "xinfo|consumers": "alert readers inspecting their group",
     "xlen": "/metrics idt_dead_letters; alert readers",
@@ -305,6 +309,17 @@ def users(offices_csv: Path = OFFICES) -> list[User]:
             f"idt offices load: XADD {registry} in one transaction",
             (*CONNECT, "multi", "exec", "xadd"),
             (registry,),
+        )
+    )
+    from idt_cli.trim import trimmed_streams
+
+    out.append(
+        User(
+            "trim",
+            "python -m idt_cli.trim: XTRIM the streams the services consume, below what "
+            "every group has acked",
+            (*CONNECT, "xinfo|groups", "xpending", "xtrim"),
+            tuple(trimmed_streams()),
         )
     )
     inputs, derived = _input_streams()

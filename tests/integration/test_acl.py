@@ -37,6 +37,7 @@ from redis.retry import Retry
 
 from idt_cli import clock as clock_cli
 from idt_cli import replay as replay_log
+from idt_cli import trim as trim_cli
 from idt_cli.offices import DEFAULT_OFFICES, connect, publish_offices, read_registry
 from idt_contract import DEAD_LETTERS, acl, decode_entry, encode, stream_for
 from idt_contract.streams import alerts_stream
@@ -411,6 +412,27 @@ def test_the_clock_registry_and_ingest_write_only_their_streams(acl_server: AclS
     assert denied(lambda: ingest.delete(stream_for("claim-registered")))
 
 
+def test_the_trimmer_reads_groups_and_trims_and_nothing_else(acl_server: AclServer) -> None:
+    admin = acl_server.client("admin")
+    trimmer = acl_server.client("trim")
+    stream = stream_for("claim-registered")
+    first = admin.xadd(stream, {"__data__": b"{}"})
+    admin.xadd(stream, {"__data__": b"{}"})
+    admin.xgroup_create(stream, "g", id="0")
+    assert admin.xreadgroup("g", "c", {stream: ">"}, count=1)
+    admin.xack(stream, "g", first)
+    (done,) = trim_cli.trim_once(trimmer, [stream], cutoff_ms=2**62)
+    assert done.deleted == 1 and admin.xlen(stream) == 1
+    assert denials(acl_server) == []
+    assert denied(lambda: trimmer.xadd(stream, {"__data__": b"{}"}))
+    assert denied(lambda: trimmer.xrange(stream))
+    assert denied(lambda: trimmer.delete(stream))
+    assert denied(lambda: trimmer.xgroup_setid(stream, "g", id="0"))
+    for other in (alerts_stream("JC0101"), DEAD_LETTERS):
+        admin.xadd(other, {"__data__": b"{}"})
+        assert denied(lambda s=other: trimmer.xtrim(s, maxlen=0)), other
+
+
 def test_the_pipeline_runs_with_every_process_as_its_own_user(
     acl_server: AclServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -494,6 +516,16 @@ def test_the_pipeline_runs_with_every_process_as_its_own_user(
         # Nothing was denied, nothing dead-lettered.
         assert denials(acl_server) == []
         assert admin.xlen(DEAD_LETTERS) == 0
+
+        # The trimmer as its user: everything every group acked goes (a cut-off in
+        # the future), and the services read on below.
+        trimmer = redis.Redis.from_url(acl_server.url_for("trim"))
+        trimmed = trim_cli.trim_once(trimmer, trim_cli.trimmed_streams(), cutoff_ms=2**62)
+        trimmer.close()
+        registered = stream_for("claim-registered")
+        assert {t.stream: t.deleted for t in trimmed}[registered] == 1
+        assert admin.xlen(registered) == 0
+        assert denials(acl_server) == []
 
         # A bad entry is dead-lettered by each consumer of its stream, under its own user.
         ingest.xadd(stream_for("claim-registered"), {"__data__": b"not a CloudEvent"})

@@ -282,7 +282,7 @@ def test_every_process_talks_to_redis_as_its_own_acl_user(compose):
         # The secret is that user's password file.
         assert compose["secrets"][path.name]["file"] == f"./secrets/redis/{user}"
         users[name] = user
-    expected = {s.name for s in SERVICES} | {"clock", "registry"}
+    expected = {s.name for s in SERVICES} | {"clock", "registry", "trim"}
     assert set(users.values()) == expected
     rules = (DEPLOY / "redis" / "users.acl.rules").read_text(encoding="utf-8")
     for user in expected:
@@ -410,6 +410,23 @@ def test_one_live_clock_publisher(compose):
     assert clock.get("restart") in ("unless-stopped", "always")
     assert env(clock)["IDT_REDIS_USERNAME"] == "clock"
     assert "replicas" not in clock.get("deploy", {})
+
+
+def test_one_stream_trimmer_keeps_a_week(compose):
+    found = {n: s for n, s in services(compose).items() if "idt_cli.trim" in command(s)}
+    assert len(found) == 1, sorted(found)
+    ((_, trimmer),) = found.items()
+    cmd = command(trimmer)
+    assert cmd[:3] == ["python", "-m", "idt_cli.trim"]
+    assert float(option(cmd, "--retention-days") or 0) == 7
+    assert float(option(cmd, "--interval") or 0) == 300
+    assert trimmer.get("restart") in ("unless-stopped", "always")
+    assert env(trimmer)["IDT_REDIS_USERNAME"] == "trim"
+    # The options it is given are ones it accepts.
+    from idt_cli.trim import parse_args
+
+    args = parse_args(cmd[3:], {"REDIS_URL": "redis://redis:6379/0"})
+    assert args.retention_days == 7 and args.interval == 300
 
 
 def test_a_one_shot_publishes_the_office_registry(compose):
