@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 ELEMENTS = ("IB", "LP", "JSA", "LMI")
 COUNTED = ("MET", "MISSED", "WAIVED", "DEFERRED")
@@ -278,3 +278,32 @@ def score_rows(
             }
         )
     return rows
+
+
+def distribution(counts: Iterable[tuple[int, int]]) -> dict[str, Any]:
+    """Count, mean, p10/p50/p90 and how many under 30 of the values given as
+    (value, how many) pairs: the database counts a month's interviews by their
+    minutes (a few hundred rows) instead of sending every interview. A percentile
+    is the value at index min(n - 1, int(p * n)) of all values sorted."""
+    pairs = sorted((v, k) for v, k in counts if k > 0)
+    n = sum(k for _, k in pairs)
+    if not n:
+        return {"count": 0}
+
+    def pct(p: float) -> int:
+        index = min(n - 1, int(p * n))
+        seen = 0
+        for value, k in pairs:
+            seen += k
+            if index < seen:
+                return value
+        raise AssertionError("unreachable: index < n")
+
+    return {
+        "count": n,
+        "mean": round(sum(v * k for v, k in pairs) / n, 1),
+        "p10": pct(0.10),
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "under_30": sum(k for v, k in pairs if v < 30),
+    }

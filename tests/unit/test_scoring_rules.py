@@ -121,3 +121,41 @@ def test_a_target_change_never_rewrites_a_past_period():
     assert domain.target_for("IB", domain.parse_period("2008-01"), targets) == 0.9
     # A financial year takes the target in force on its first day.
     assert domain.target_for("IB", domain.parse_period("FY2007-08"), targets) == 0.8
+
+
+def _distribution_of_all(values: list[int]) -> dict[str, object]:
+    """The straightforward way: every value, sorted, indexed."""
+    if not values:
+        return {"count": 0}
+    v = sorted(values)
+
+    def pct(p: float) -> int:
+        return v[min(len(v) - 1, int(p * len(v)))]
+
+    return {
+        "count": len(v),
+        "mean": round(sum(v) / len(v), 1),
+        "p10": pct(0.10),
+        "p50": pct(0.50),
+        "p90": pct(0.90),
+        "under_30": sum(1 for x in v if x < 30),
+    }
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_distribution_from_counts_equals_the_one_from_every_value(seed):
+    import random
+    from collections import Counter
+
+    rng = random.Random(seed)
+    values = [rng.choice([5, 15, 29, 30, 31, 45, 60, 90, 120]) for _ in range(rng.randint(0, 60))]
+    counts = list(Counter(values).items())
+    rng.shuffle(counts)
+    assert domain.distribution(counts) == _distribution_of_all(values)
+
+
+def test_the_distribution_ignores_empty_counts():
+    assert domain.distribution([]) == {"count": 0}
+    assert domain.distribution([(40, 0)]) == {"count": 0}
+    d = domain.distribution([(40, 0), (20, 1), (50, 3)])
+    assert d == {"count": 4, "mean": 42.5, "p10": 20, "p50": 50, "p90": 50, "under_30": 1}
