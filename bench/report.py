@@ -21,6 +21,10 @@ GOAL_NATIONAL_MINUTES = 35.0
 GOAL_P99_MS = 50.0
 LATENCY_RATE = 1_000
 FLAT_MEMORY_EVENTS = 10_000_000
+#: A replay this close to 10M counts as one: the synthetic log comes within a
+#: fraction of a percent of the size asked for (`--size 10m` gives 9,999,768
+#: events at the default seed), and the goal was judged "not measured" on it.
+FLAT_MEMORY_MIN_EVENTS = int(FLAT_MEMORY_EVENTS * 0.99)
 #: A process's memory is flat when its peak RSS in the last fifth of the replay
 #: is within this share (plus `FLAT_SLACK_BYTES`, allocator noise) of its peak in
 #: the second fifth; across sizes, the same bound between consecutive sizes.
@@ -309,7 +313,7 @@ def memory_flat(results: Results) -> tuple[bool | None, str]:
     """Flat across a replay of at least 10M events: every service process's peak
     RSS in the last fifth within bounds of the second fifth, and (when several
     sizes ran) no size's peak above the previous size's by more than the bound."""
-    big = [r for r in results.runs if r.throughput.events >= FLAT_MEMORY_EVENTS]
+    big = [r for r in results.runs if r.throughput.events >= FLAT_MEMORY_MIN_EVENTS]
     if not big:
         largest = size_label(results.headline.throughput.events)
         return None, f"needs a replay of ≥ 10M events (largest here: {largest})"
@@ -323,7 +327,7 @@ def memory_flat(results: Results) -> tuple[bool | None, str]:
                 )
     ordered = sorted(results.runs, key=lambda r: r.throughput.events)
     for small, large in itertools.pairwise(ordered):
-        if large.throughput.events < FLAT_MEMORY_EVENTS:
+        if large.throughput.events < FLAT_MEMORY_MIN_EVENTS:
             continue
         before = {p.label: p.peak_rss for p in small.throughput.processes if p.is_service}
         for p in large.throughput.processes:

@@ -339,6 +339,17 @@ def test_goals_pass_and_fail_on_the_largest_replay() -> None:
     assert verdicts(only_small)["publish"] == "not measured"
 
 
+def test_the_10m_presets_log_is_a_10m_replay_for_the_memory_goal() -> None:
+    # `--size 10m` makes a log of about 10M events: 9,999,768 at the default seed.
+    small = a_run(1_000_000, 1_000.0, 60_000.0, (200 * MiB, 200 * MiB))
+    preset = a_run(9_999_768, 3_000.0, 60_000.0, (200 * MiB, 205 * MiB))
+    assert verdicts(results([small, preset], None))["memory"] == "PASS"
+    growing = a_run(9_999_768, 3_000.0, 60_000.0, (470 * MiB, 560 * MiB))
+    assert verdicts(results([small, growing], None))["memory"] == "FAIL"
+    short = a_run(9_800_000, 3_000.0, 60_000.0, (200 * MiB, 205 * MiB))
+    assert verdicts(results([small, short], None))["memory"] == "not measured"
+
+
 def test_memory_growth_between_sizes_fails_the_flat_goal() -> None:
     small = a_run(1_000_000, 100.0, 60_000.0, (100 * MiB, 100 * MiB))
     big = a_run(10_000_000, 1_000.0, 60_000.0, (300 * MiB, 300 * MiB))  # flat within, not across
