@@ -136,6 +136,10 @@ class OutboxRelay:
         self.tables = tables
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
         self.metrics = metrics
+        # Exported at 0 from the start: Prometheus sees no increase in a series
+        # whose first sample is already its first republish (the alert
+        # IdtRedisRestartedOutboxRepublished would miss it).
+        metrics.republished.labels(service)
         self.batch_size = batch_size
         # Built once, its IN list bound at execution (see bulk.py).
         o = tables.outbox
