@@ -26,24 +26,19 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import FrameType
 
 import redis
 
 from idt_contract import entry_fields, make_event, stream_for
 from idt_contract.events import ClockTick
-from idt_runtime.settings import redis_url_with_credentials
 
+from .redis_options import add_redis_options, redis_url
 from .wallclock import wall_clock_now
 
 SOURCE = "/clock"
 STREAM = stream_for(ClockTick.event_type())
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: Environment variables read when the matching option is not given, first found wins.
-URL_ENV = ("IDT_REDIS_URL", "REDIS_URL")
-USERNAME_ENV = "IDT_REDIS_USERNAME"
-PASSWORD_FILE_ENV = "IDT_REDIS_PASSWORD_FILE"  # noqa: S105 - a variable name
 
 
 def tick_time(now: datetime, interval: float) -> datetime:
@@ -103,34 +98,12 @@ def parse_args(
     Bad or missing options exit with status 2 and a message (argparse's way)."""
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(prog="idt-clock", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--redis-url",
-        default=next((env[name] for name in URL_ENV if env.get(name)), None),
-        help=f"default: ${URL_ENV[0]} or ${URL_ENV[1]}",
-    )
-    p.add_argument(
-        "--redis-username",
-        default=env.get(USERNAME_ENV) or None,
-        help=f"Redis ACL user (default: ${USERNAME_ENV})",
-    )
-    p.add_argument(
-        "--redis-password-file",
-        type=Path,
-        default=Path(env[PASSWORD_FILE_ENV]) if env.get(PASSWORD_FILE_ENV) else None,
-        help=f"a file holding the user's password (default: ${PASSWORD_FILE_ENV})",
-    )
+    add_redis_options(p, env)
     p.add_argument("--interval", type=float, default=60.0, help="seconds between ticks")
     args = p.parse_args(argv)
-    if not args.redis_url:
-        p.error(f"give --redis-url, or set {' or '.join(URL_ENV)}")
+    url = redis_url(p, args)
     if args.interval <= 0:
         p.error("--interval must be positive")
-    try:
-        url = redis_url_with_credentials(
-            args.redis_url, args.redis_username, args.redis_password_file
-        )
-    except ValueError as exc:
-        p.error(str(exc))
     return url, args.interval
 
 

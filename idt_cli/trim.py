@@ -42,18 +42,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import redis
 
-from idt_runtime.settings import redis_url_with_credentials
-
-#: Environment variables read when the matching option is not given, first found wins.
-URL_ENV = ("IDT_REDIS_URL", "REDIS_URL")
-USERNAME_ENV = "IDT_REDIS_USERNAME"
-PASSWORD_FILE_ENV = "IDT_REDIS_PASSWORD_FILE"  # noqa: S105 - a variable name
+from .redis_options import add_redis_options, redis_url
 
 EntryId = tuple[int, int]
 
@@ -187,22 +181,7 @@ def parse_args(
     missing options exit with status 2 and a message (argparse's way)."""
     env = os.environ if environ is None else environ
     p = argparse.ArgumentParser(prog="idt-trim", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--redis-url",
-        default=next((env[name] for name in URL_ENV if env.get(name)), None),
-        help=f"default: ${URL_ENV[0]} or ${URL_ENV[1]}",
-    )
-    p.add_argument(
-        "--redis-username",
-        default=env.get(USERNAME_ENV) or None,
-        help=f"Redis ACL user (default: ${USERNAME_ENV})",
-    )
-    p.add_argument(
-        "--redis-password-file",
-        type=Path,
-        default=Path(env[PASSWORD_FILE_ENV]) if env.get(PASSWORD_FILE_ENV) else None,
-        help=f"a file holding the user's password (default: ${PASSWORD_FILE_ENV})",
-    )
+    add_redis_options(p, env)
     p.add_argument(
         "--retention-days",
         type=float,
@@ -212,18 +191,11 @@ def parse_args(
     p.add_argument("--interval", type=float, default=300.0, help="seconds between passes")
     p.add_argument("--once", action="store_true", help="one pass, then exit")
     args = p.parse_args(argv)
-    if not args.redis_url:
-        p.error(f"give --redis-url, or set {' or '.join(URL_ENV)}")
+    args.redis_url = redis_url(p, args)
     if not args.retention_days > 0:
         p.error("--retention-days must be positive")
     if not args.interval > 0:
         p.error("--interval must be positive")
-    try:
-        args.redis_url = redis_url_with_credentials(
-            args.redis_url, args.redis_username, args.redis_password_file
-        )
-    except ValueError as exc:
-        p.error(str(exc))
     return args
 
 
