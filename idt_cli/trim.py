@@ -11,7 +11,7 @@ and password `--redis-username` and `--redis-password-file`, or
 `IDT_REDIS_USERNAME` and `IDT_REDIS_PASSWORD_FILE` (as for `idt_cli.clock`).
 
 What it trims: the streams the services consume (the input streams and
-`idt:window-outcome`: `TRIMMED`), each only below the lowest of
+`idt:window-outcome`: `trimmed_streams()`), each only below the lowest of
 
 - the retention cut-off (entry ids are the times Redis added them, in ms);
 - for every consumer group on the stream, its oldest pending entry, or, with
