@@ -672,6 +672,7 @@ class Bench:
                     late_rss=late,
                     cpu_seconds=s.cpu_seconds,
                     is_service=label_ not in ("redis-server", BENCH_LABEL),
+                    system_seconds=s.system_seconds,
                 )
             )
         memory = client.info("memory")

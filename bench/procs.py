@@ -261,6 +261,10 @@ class ProcSamples:
     rss: list[tuple[float, int]] = field(default_factory=list)
     cpu_start: float | None = None
     cpu_end: float | None = None
+    #: Of that, time in the kernel (system calls: reads that miss SQLite's cache,
+    #: socket I/O, page faults).
+    system_start: float | None = None
+    system_end: float | None = None
 
     @property
     def peak_rss(self) -> int:
@@ -272,13 +276,20 @@ class ProcSamples:
             return 0.0
         return self.cpu_end - self.cpu_start
 
+    @property
+    def system_seconds(self) -> float:
+        if self.system_start is None or self.system_end is None:
+            return 0.0
+        return self.system_end - self.system_start
 
-def _cpu(proc: psutil.Process) -> float | None:
+
+def _cpu(proc: psutil.Process) -> tuple[float | None, float | None]:
+    """(user + system, system) CPU seconds of the process so far."""
     try:
         t = proc.cpu_times()
-        return float(t.user + t.system)
+        return float(t.user + t.system), float(t.system)
     except psutil.Error:
-        return None
+        return None, None
 
 
 class RssSampler:
@@ -297,7 +308,8 @@ class RssSampler:
 
     def start(self) -> RssSampler:
         for label, p in self._procs.items():
-            self.samples[label].cpu_start = _cpu(p)
+            sample = self.samples[label]
+            sample.cpu_start, sample.system_start = _cpu(p)
         self._thread.start()
         return self
 
@@ -319,7 +331,8 @@ class RssSampler:
         self._thread.join(5)
         self._sample()
         for label, p in self._procs.items():
-            self.samples[label].cpu_end = _cpu(p)
+            sample = self.samples[label]
+            sample.cpu_end, sample.system_end = _cpu(p)
         return self.samples
 
 

@@ -104,6 +104,8 @@ class ProcessStats:
     cpu_seconds: float
     #: Services count for the memory goal; Redis holds the bus (every event).
     is_service: bool = True
+    #: Of `cpu_seconds`, the time in the kernel.
+    system_seconds: float = 0.0
 
     @property
     def growth(self) -> int:
@@ -674,7 +676,8 @@ def _memory(r: Results) -> list[str]:
         "RSS sampled every 0.5 s (psutil) during the replay; *second fifth* and *last "
         "fifth* are the peaks in those parts of the replay (flat: the last within "
         f"{FLAT_SHARE:.0%} + {mib(FLAT_SLACK_BYTES)} of the second). CPU is user + system "
-        "time over the replay.",
+        "time over the replay; the kernel's share (system time: reads that miss SQLite's "
+        "page cache, sockets, page faults) says whether a process waits on I/O work.",
         "",
     ]
     for run in r.runs:
@@ -687,6 +690,7 @@ def _memory(r: Results) -> list[str]:
                 mib(p.late_rss),
                 ("flat" if p.flat else "GROWS") if p.is_service else "(not a service)",
                 f"{p.cpu_seconds:,.1f} s ({p.cpu_seconds / max(t.e2e_s, 1e-9):.0%})",
+                f"{p.system_seconds / max(p.cpu_seconds, 1e-9):.0%}",
                 f"{p.cpu_seconds * 1e6 / max(t.events, 1):,.0f} µs",
             ]
             for p in t.processes
@@ -705,6 +709,7 @@ def _memory(r: Results) -> list[str]:
                     "last fifth",
                     "",
                     "CPU (of wall time)",
+                    "of it in the kernel",
                     "CPU per event",
                 ],
                 rows,

@@ -289,7 +289,7 @@ def a_run(events: int, e2e_s: float, read_ack: float, rss: tuple[int, int]) -> R
             ServiceRate("scoring", events + events // 2, e2e_s, None, None),
         ),
         processes=(
-            ProcessStats("scheduler", late, early, late, 100.0),
+            ProcessStats("scheduler", late, early, late, 100.0, system_seconds=25.0),
             ProcessStats("redis-server", 900 * MiB, 10 * MiB, 900 * MiB, 5.0, is_service=False),
         ),
         dead_letters=0,
@@ -389,6 +389,8 @@ def test_results_md_has_every_section_with_numbers() -> None:
     assert "database driver" in text
     assert "`DefaultDialect.do_execute (sqlalchemy/default.py)`" in text
     assert text.count("**PASS**") + text.count("**FAIL**") == 4
+    assert "| of it in the kernel |" in text
+    assert re.search(r"\| scheduler \| [^\n]*\| 100\.0 s \(\d+%\) \| 25% \|", text)
     # Tables are well formed: every row has as many cells as its header.
     for block in re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M):
         widths = {row.count("|") for row in block.splitlines()}
@@ -455,3 +457,17 @@ def test_latency_by_slice_shows_where_the_tail_gathers() -> None:
     assert "| 20 to 30 s | 10 | 60.0 ms | 60.0 ms | 60.0 ms |" in text
     # Without send times (an older run), no slice table.
     assert Latency(1000.0, 1000.0, 60.0, 2, (1.0, 2.0), 0, 1.0).slices() == []
+
+
+def test_the_sampler_splits_kernel_time_from_the_rest(tmp_path: Path) -> None:
+    import os
+
+    from bench.procs import RssSampler
+
+    sampler = RssSampler({"me": os.getpid()}, interval=0.05).start()
+    path = tmp_path / "f"
+    for _ in range(3_000):  # system calls: kernel time
+        path.write_bytes(b"x" * 4096)
+    sum(i * i for i in range(300_000))  # user time
+    me = sampler.stop()["me"]
+    assert me.cpu_seconds > 0 and 0 < me.system_seconds <= me.cpu_seconds
