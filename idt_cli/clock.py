@@ -13,27 +13,26 @@ the interval since the Unix epoch, UTC) and a tick's id is `tick-` + its time, s
 restarted publisher repeats at most the tick of the current boundary, under the
 same id, and consumers drop the repeat. The first tick goes out at once on start.
 
-Besides `idt_cli.wallclock` (which it uses), this is the only reader of the wall
-clock in the CLI. A Redis outage is logged and retried; SIGTERM or SIGINT stops it.
+It reads the wall clock through `idt_cli.wallclock`, as the trimmer does for its
+cut-off, and nothing else in the CLI reads it. A Redis outage is logged and
+retried; SIGTERM or SIGINT stops it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from types import FrameType
 
 import redis
 
 from idt_contract import entry_fields, make_event, stream_for
 from idt_contract.events import ClockTick
 
-from .redis_options import add_redis_options, redis_url
+from .standalone import add_redis_options, redis_url, stop_on_signals
 from .wallclock import wall_clock_now
 
 SOURCE = "/clock"
@@ -109,13 +108,7 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> int:
     url, interval = parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     try:
         published = run(client, interval, stop, log=lambda line: print(line, flush=True))

@@ -36,18 +36,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import redis
 
-from .redis_options import add_redis_options, redis_url
+from .standalone import add_redis_options, redis_url, stop_on_signals
+from .wallclock import wall_clock_now
 
 EntryId = tuple[int, int]
 
@@ -149,7 +147,7 @@ def run(
     interval_s: float,
     stop: threading.Event,
     *,
-    now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    now_ms: Callable[[], int] = lambda: int(wall_clock_now().timestamp() * 1000),
     log: Callable[[str], None] = print,
     once: bool = False,
 ) -> int:
@@ -201,13 +199,7 @@ def parse_args(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=30)
     streams = trimmed_streams()
     print(

@@ -129,7 +129,7 @@ def test_the_streams_are_the_ones_the_services_consume():
     assert not [s for s in streams if "window-alerts" in s or s == "idt:dead-letters"]
 
 
-def test_options_are_checked(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def test_options_are_checked(capsys: pytest.CaptureFixture[str]):
     env = {"IDT_REDIS_URL": "redis://127.0.0.1:6379/0"}
     args = trim.parse_args(["--retention-days", "7"], env)
     assert args.retention_days == 7 and args.interval == 300 and not args.once

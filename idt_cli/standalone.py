@@ -1,12 +1,16 @@
-"""The Redis options of the stand-alone processes (`idt_cli.clock`, `idt_cli.trim`):
-`--redis-url`, `--redis-username` and `--redis-password-file`, each defaulting to
-the environment variable the services read, put together into one URL."""
+"""What the stand-alone processes (`idt_cli.clock`, `idt_cli.trim`) share: their
+Redis options (`--redis-url`, `--redis-username` and `--redis-password-file`, each
+defaulting to the environment variable the services read, put together into one
+URL) and stopping on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 
 from idt_runtime.settings import redis_url_with_credentials
 
@@ -46,3 +50,15 @@ def redis_url(p: argparse.ArgumentParser, args: argparse.Namespace) -> str:
         )
     except ValueError as exc:
         p.error(str(exc))
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (the process's loop stops when it is)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
