@@ -81,6 +81,20 @@ class RuntimeMetrics:
             ["service"],
             registry=r,
         )
+        self.trim_released = Counter(
+            "idt_memory_trim_released_bytes_total",
+            "Resident memory given back to the system by the periodic malloc_trim "
+            "(memory threads freed that glibc kept in its arenas).",
+            ["service"],
+            registry=r,
+        )
+        self.trim_seconds = Counter(
+            "idt_memory_trim_seconds_total",
+            "Time spent in the periodic malloc_trim (it holds each malloc arena's lock "
+            "in turn while it runs).",
+            ["service"],
+            registry=r,
+        )
         self.wal_frames = Gauge(
             "idt_sqlite_wal_frames",
             "Frames (pages) in the service's SQLite WAL at its last checkpoint: staying "

@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
 
+from . import memory
 from .clock import Clock, SystemClock
 from .consumer import Applier, EventConsumer
 from .db import (
@@ -124,6 +125,8 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self.relay.run_forever()))
         if checkpointing:
             self._tasks.append(asyncio.create_task(self._checkpoint_forever(s.sqlite_checkpoint_s)))
+        if s.memory_trim_s > 0 and memory.can_trim():
+            self._tasks.append(asyncio.create_task(self._trim_memory_forever(s.memory_trim_s)))
         if self.appliers:
             await self._start_consumer()
         for loop in self.background:
@@ -184,6 +187,25 @@ class ServiceRuntime:
                 raise
             except Exception as exc:  # commits checkpoint past the fallback meanwhile
                 log.warning("%s: checkpointing the WAL failed: %r", self.spec.name, exc)
+
+    async def _trim_memory_forever(self, interval_s: float) -> None:
+        """Give the memory freed in malloc's arenas back to the system every
+        `interval_s`, in a thread (idt_runtime/memory.py): the resident size then
+        follows what the service holds, not the peaks each thread ever reached.
+        A trim holds each arena's lock in turn (the scheduler's took 35-95 ms in
+        the 1M bench, giving back 50-85 MiB every 10 s), so it first waits, up to
+        0.1 s, for the consumer to have no batch in hand."""
+        name = self.spec.name
+        released = self.metrics.trim_released.labels(name)
+        seconds = self.metrics.trim_seconds.labels(name)
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.consumer is not None:  # as the checkpointer does, briefly
+                await self.consumer.quiet(0.1)
+            done = await asyncio.to_thread(memory.trim)
+            if done is not None:
+                released.inc(done.released)
+                seconds.inc(done.seconds)
 
     def _reader_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

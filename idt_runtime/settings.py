@@ -72,6 +72,10 @@ class RuntimeSettings(BaseSettings):
     #: SQLite only: seconds between the service's own WAL checkpoints, which keep
     #: them out of the commits (0: commits checkpoint, SQLite's default way).
     sqlite_checkpoint_s: float = Field(default=0.5, ge=0, le=60)
+    #: Seconds between giving memory freed in malloc's arenas back to the system
+    #: (glibc only; 0: never). Without it a service's resident size grew to the
+    #: sum of its threads' peaks and stayed there (idt_runtime/memory.py).
+    memory_trim_s: float = Field(default=30.0, ge=0, le=3600)
     log_level: str = "INFO"
 
     @model_validator(mode="after")
