@@ -2,7 +2,7 @@
 
 glibc's malloc keeps what a program frees in its arenas (one per thread that
 allocated, up to eight per core) for later allocations, and returns it to the
-system only from the top of the main heap. A service decodes, applies and
+system by itself only from the top of each heap. A service decodes, applies and
 encodes thousands of events a second on several threads (the stream reader's
 batches, the outbox relay, the sweeper, scrapes), each leaving freed chunks
 scattered in its arena, so the resident size grew to the sum of every thread's
@@ -14,7 +14,6 @@ one `malloc_trim(0)` took it to 219 MiB. The runtime calls `trim` every
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,13 +25,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 @cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """glibc's `malloc_trim` from the C library the process already has loaded, or
+    None where it has none (musl, macOS, Windows)."""
     try:
-        fn = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int

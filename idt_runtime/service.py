@@ -125,8 +125,12 @@ class ServiceRuntime:
         self._tasks.append(asyncio.create_task(self.relay.run_forever()))
         if checkpointing:
             self._tasks.append(asyncio.create_task(self._checkpoint_forever(s.sqlite_checkpoint_s)))
-        if s.memory_trim_s > 0 and memory.can_trim():
-            self._tasks.append(asyncio.create_task(self._trim_memory_forever(s.memory_trim_s)))
+        if s.memory_trim_s > 0:
+            if memory.can_trim():
+                self._tasks.append(asyncio.create_task(self._trim_memory_forever(s.memory_trim_s)))
+            else:
+                log.info("%s: this C library cannot give freed memory back (no malloc_trim); "
+                         "IDT_MEMORY_TRIM_S does nothing here", self.spec.name)  # fmt: skip
         if self.appliers:
             await self._start_consumer()
         for loop in self.background:
@@ -192,20 +196,26 @@ class ServiceRuntime:
         """Give the memory freed in malloc's arenas back to the system every
         `interval_s`, in a thread (idt_runtime/memory.py): the resident size then
         follows what the service holds, not the peaks each thread ever reached.
-        A trim holds each arena's lock in turn (the scheduler's took 35-95 ms in
-        the 1M bench, giving back 50-85 MiB every 10 s), so it first waits, up to
-        0.1 s, for the consumer to have no batch in hand."""
+        A trim holds each arena's lock in turn, and any thread allocating from
+        that arena meanwhile waits (the event loop's too; the scheduler's trims
+        took 35-95 ms in the 1M bench, giving back 50-85 MiB every 10 s), so it
+        first waits, up to 0.1 s, for the consumer to have no batch in hand."""
         name = self.spec.name
         released = self.metrics.trim_released.labels(name)
         seconds = self.metrics.trim_seconds.labels(name)
         while True:
             await asyncio.sleep(interval_s)
-            if self.consumer is not None:  # as the checkpointer does, briefly
-                await self.consumer.quiet(0.1)
-            done = await asyncio.to_thread(memory.trim)
-            if done is not None:
-                released.inc(done.released)
-                seconds.inc(done.seconds)
+            try:
+                if self.consumer is not None:  # as the checkpointer does, briefly
+                    await self.consumer.quiet(0.1)
+                done = await asyncio.to_thread(memory.trim)
+                if done is not None:
+                    released.inc(done.released)
+                    seconds.inc(done.seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # next time; the service goes on either way
+                log.warning("%s: giving freed memory back failed: %r", name, exc)
 
     def _reader_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,10 +73,19 @@ class RuntimeSettings(BaseSettings):
     #: them out of the commits (0: commits checkpoint, SQLite's default way).
     sqlite_checkpoint_s: float = Field(default=0.5, ge=0, le=60)
     #: Seconds between giving memory freed in malloc's arenas back to the system
-    #: (glibc only; 0: never). Without it a service's resident size grew to the
-    #: sum of its threads' peaks and stayed there (idt_runtime/memory.py).
+    #: (glibc only; 0: never, else at least 1). Without it a service's resident
+    #: size grew to the sum of its threads' peaks and stayed there
+    #: (idt_runtime/memory.py).
     memory_trim_s: float = Field(default=30.0, ge=0, le=3600)
     log_level: str = "INFO"
+
+    @field_validator("memory_trim_s")
+    @classmethod
+    def _trim_not_continuous(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("memory_trim_s is 0 (never) or at least 1 second: a trim "
+                             "holds malloc's locks, it must not run all the time")  # fmt: skip
+        return value
 
     @model_validator(mode="after")
     def _credentials_into_url(self) -> RuntimeSettings:

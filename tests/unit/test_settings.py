@@ -73,3 +73,15 @@ def test_the_sqlite_page_cache_is_a_setting_every_connection_gets(tmp_path, monk
     monkeypatch.setenv("IDT_SQLITE_CACHE_MIB", "0")
     with pytest.raises(ValueError, match="sqlite_cache_mib"):
         RuntimeSettings()
+
+
+def test_memory_trimming_is_never_or_at_most_once_a_second(monkeypatch):
+    assert RuntimeSettings().memory_trim_s == 30.0
+    monkeypatch.setenv("IDT_MEMORY_TRIM_S", "2.5")
+    assert RuntimeSettings().memory_trim_s == 2.5
+    monkeypatch.setenv("IDT_MEMORY_TRIM_S", "0")
+    assert RuntimeSettings().memory_trim_s == 0.0
+    for bad in ("0.5", "-1", "7200"):
+        monkeypatch.setenv("IDT_MEMORY_TRIM_S", bad)
+        with pytest.raises(ValueError, match="memory_trim_s"):
+            RuntimeSettings()
