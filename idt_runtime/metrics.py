@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 
 class RuntimeMetrics:
@@ -13,6 +13,9 @@ class RuntimeMetrics:
         self.service = service
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # The process's own: process_resident_memory_bytes, process_cpu_seconds_total,
+        # open file descriptors (read from /proc at each scrape; nothing elsewhere).
+        ProcessCollector(registry=r)
         self.consumed = Counter(
             "idt_events_consumed_total",
             "Stream entries a service finished with, by result (applied, duplicate, dead_letter).",
