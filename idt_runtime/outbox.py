@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from time import perf_counter
 
 import redis
 from sqlalchemy import Select, Table, bindparam, delete, func, select, update
@@ -78,6 +79,15 @@ def queued_in(session: Session) -> int:
     return int(session.info.get(OUTBOX_QUEUED, 0))
 
 
+#: Published rows deleted per transaction by the prune: small, since a claim event
+#: arriving meanwhile waits for the chunk under way.
+PRUNE_CHUNK = 500
+#: After each chunk the prune pauses this many times as long as the chunk took.
+PRUNE_PAUSE_FACTOR = 2.0
+#: The least a prune chunk waits for the consumer to be quiet.
+PRUNE_QUIET_MIN_S = 0.01
+
+
 def prunable(outbox: Table, cutoff: datetime, limit: int) -> Select[tuple[int]]:
     """Up to `limit` rows published before `cutoff`, oldest first, found by the
     `published_at` index. (Ordered by `seq`, SQLite walked the table in `seq`
@@ -128,7 +138,6 @@ class OutboxRelay:
         # then deleted: the outbox holds what is in flight, not every event forever.
         self.retention_s = max(retention_s, republish_s)
         self.prune_interval_s = prune_interval_s
-        self._pruned_at = 0.0
         self._run_id: str | None = None
         self._checked_at = 0.0
         self.restart_check_s = min(1.0, self.republish_s / 4)
@@ -151,6 +160,9 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._running = True
+        #: Set by the service once its consumer exists (`EventConsumer.quiet`): the
+        #: prune's chunks then wait for the consumer to have no batch in hand.
+        self.quiet: Callable[[float], Awaitable[bool]] | None = None
 
     def stop(self) -> None:
         self._running = False
@@ -223,23 +235,58 @@ class OutboxRelay:
         )  # fmt: skip
         self.metrics.republished.labels(self.service).inc(again)
 
-    def prune(self, now: datetime | None = None, chunk: int = 5000) -> int:
+    def prune(self, now: datetime | None = None, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows published more than `retention_s` before `now`, a chunk per
-        transaction; returns how many."""
-        o = self.tables.outbox
-        cutoff = (now or datetime.now(UTC)) - timedelta(seconds=self.retention_s)
+        transaction, one after the other; returns how many."""
+        cutoff = self._prune_cutoff(now)
         total = 0
         while True:
-            with write_lock(self.engine), Session(self.engine) as s, s.begin():
-                old = prunable(o, cutoff, chunk).scalar_subquery()
-                result = s.execute(delete(o).where(o.c.seq.in_(old)))
-                gone = int(getattr(result, "rowcount", 0) or 0)
+            gone, _ = self._prune_chunk(cutoff, chunk)
             total += gone
             if gone < chunk:
                 break
         if total:
             self.metrics.outbox_pruned.labels(self.service).inc(total)
         return total
+
+    async def prune_yielding(self, now: datetime | None = None, chunk: int = PRUNE_CHUNK) -> int:
+        """`prune`, each chunk in a thread, after a pause of `PRUNE_PAUSE_FACTOR`
+        times the last chunk's time and, when the service has a consumer, waiting
+        for it to have no batch in hand (for at most twice the time the last chunk
+        held the write lock, so that a backlog never starves the prune). The first
+        prune after a bulk replay deletes an hour of it at once: its chunks back to
+        back held the write lock for seconds with only moments between, and claim
+        events waited up to a chunk each (docs/decisions.md, Publishing)."""
+        cutoff = self._prune_cutoff(now)
+        total = 0
+        held = 0.0
+        while self._running:
+            if held:  # at most a third of the time: the other services prune too
+                await asyncio.sleep(PRUNE_PAUSE_FACTOR * held)
+            if self.quiet is not None:
+                await self.quiet(max(PRUNE_QUIET_MIN_S, 2 * held))
+            gone, held = await asyncio.to_thread(self._prune_chunk, cutoff, chunk)
+            total += gone
+            if gone < chunk:
+                break
+        if total:
+            self.metrics.outbox_pruned.labels(self.service).inc(total)
+        return total
+
+    def _prune_cutoff(self, now: datetime | None) -> datetime:
+        return (now or datetime.now(UTC)) - timedelta(seconds=self.retention_s)
+
+    def _prune_chunk(self, cutoff: datetime, chunk: int) -> tuple[int, float]:
+        """Delete up to `chunk` rows published before `cutoff`, in one transaction;
+        the rows deleted and the seconds the write lock was held."""
+        o = self.tables.outbox
+        with write_lock(self.engine):
+            began = perf_counter()
+            with Session(self.engine) as s, s.begin():
+                old = prunable(o, cutoff, chunk).scalar_subquery()
+                result = s.execute(delete(o).where(o.c.seq.in_(old)))
+                gone = int(getattr(result, "rowcount", 0) or 0)
+            return gone, perf_counter() - began
 
     def publish_once(self) -> bool:
         """Publish one batch of pending rows now, in the calling thread (the
@@ -268,6 +315,27 @@ class OutboxRelay:
                     return published
 
     async def run_forever(self, interval_s: float = 1.0) -> None:
+        """Publish what is pending whenever notified (at least every `interval_s`),
+        and prune beside it in a task of its own: a paced prune of an hour of a
+        bulk replay takes a while, and what HTTP intake queues must not wait for it."""
+        pruner = asyncio.create_task(self._prune_forever())
+        try:
+            await self._publish_forever(interval_s)
+        finally:
+            pruner.cancel()
+            await asyncio.gather(pruner, return_exceptions=True)
+
+    async def _prune_forever(self) -> None:
+        while self._running:
+            try:
+                await self.prune_yielding()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: pruning the outbox failed: %r", self.service, exc)
+            await asyncio.sleep(self.prune_interval_s)
+
+    async def _publish_forever(self, interval_s: float) -> None:
         # A stop flag besides cancellation: on Python 3.11 `wait_for` can turn a
         # cancellation that races its timeout into a TimeoutError and lose it.
         while self._running:
@@ -277,14 +345,6 @@ class OutboxRelay:
                 raise
             except Exception as exc:
                 log.warning("%s: outbox relay could not publish yet: %r", self.service, exc)
-            if time.monotonic() - self._pruned_at >= self.prune_interval_s:
-                self._pruned_at = time.monotonic()
-                try:
-                    await asyncio.to_thread(self.prune)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("%s: pruning the outbox failed: %r", self.service, exc)
             if not self._running:
                 return
             try:

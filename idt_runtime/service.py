@@ -156,6 +156,7 @@ class ServiceRuntime:
             after_commit=self.relay.notify,
             publish_now=self.relay.publish_once,
         )
+        self.relay.quiet = self.consumer.quiet  # the prune lets batches go first
         await self.consumer.ensure_groups()
         self._reader = asyncio.create_task(self.consumer.read_forever(s.block_ms, s.read_linger_ms))
         self._reader.add_done_callback(self._reader_ended)

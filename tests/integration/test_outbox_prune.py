@@ -114,3 +114,129 @@ def test_a_flush_stops_after_a_short_batch_and_publishes_everything(redis_url, t
         r.close()
         relay.close()
         engine.dispose()
+
+
+def test_the_relays_prune_lets_claim_events_go_first_between_chunks(tmp_path):  # type: ignore[no-untyped-def]
+    """After a bulk replay the first prune deletes an hour of it: each chunk waits,
+    as the sweeper's do, for the consumer to have no batch in hand (up to twice the
+    time the last chunk held the write lock), instead of holding the lock back to
+    back; what the prune deletes is the same."""
+    import asyncio
+
+    metadata = MetaData()
+    tables = runtime_tables("pry", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/yield.db")
+    metadata.create_all(engine)
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    with Session(engine) as s, s.begin():
+        s.execute(insert(tables.outbox), [
+            {"event_id": f"e{i}", "stream": "idt:x", "payload": b"{}", "created_at": now,
+             "published_at": now - timedelta(seconds=7200 if i < 7 else 60)}
+            for i in range(9)
+        ])  # fmt: skip
+    relay = OutboxRelay(
+        service="pry", engine=engine, tables=tables, redis_url="redis://127.0.0.1:1",
+        metrics=RuntimeMetrics("pry"), republish_s=10, retention_s=3600,
+    )  # fmt: skip
+    waits: list[float] = []
+    left_then: list[int] = []
+
+    async def quiet(within_s: float) -> bool:
+        waits.append(within_s)
+        with Session(engine) as s:  # the consumer's turn: the lock is free
+            left_then.append(len(s.execute(select(tables.outbox.c.seq)).all()))
+        return True
+
+    relay.quiet = quiet
+    try:
+        assert asyncio.run(relay.prune_yielding(now, chunk=3)) == 7
+        assert left_then == [9, 6, 3]  # before each chunk of 3: 3, 3, then the last 1
+        assert waits[0] == 0.01 and all(w >= 0.01 for w in waits)
+        with Session(engine) as s:
+            left = set(s.execute(select(tables.outbox.c.event_id)).scalars())
+        assert left == {"e7", "e8"}
+        assert asyncio.run(relay.prune_yielding(now, chunk=3)) == 0
+    finally:
+        relay.close()
+        engine.dispose()
+
+
+def test_a_service_relays_prune_waits_for_its_own_consumer(redis_url, var_dir):  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from services.scheduler.app import SchedulerSettings, create_app
+
+    settings = SchedulerSettings(redis_url=redis_url, var_dir=var_dir, environment="test")
+    with TestClient(create_app(settings)) as client:
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        assert runtime.relay.quiet == runtime.consumer.quiet
+
+
+def test_the_relay_publishes_while_its_prune_is_under_way(redis_url, tmp_path):  # type: ignore[no-untyped-def]
+    """The prune runs beside the relay's publishing, not in its loop: a paced prune
+    of an hour of a bulk replay takes a while, and an event HTTP intake queues
+    meanwhile goes out at once."""
+    import asyncio
+
+    import redis
+
+    from idt_runtime.outbox import add_to_outbox
+    from tests.claims import Claim
+
+    metadata = MetaData()
+    tables = runtime_tables("pby", metadata)
+    engine = make_engine(f"sqlite:///{tmp_path}/beside.db")
+    metadata.create_all(engine)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    with Session(engine) as s, s.begin():
+        s.execute(insert(tables.outbox), [
+            {"event_id": f"old-{i}", "stream": "idt:x", "payload": b"{}", "created_at": old,
+             "published_at": old} for i in range(3)
+        ])  # fmt: skip
+    relay = OutboxRelay(
+        service="pby", engine=engine, tables=tables, redis_url=redis_url,
+        metrics=RuntimeMetrics("pby"), republish_s=10, retention_s=3600,
+    )  # fmt: skip
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def quiet(within_s: float) -> bool:  # the prune waits here until released
+        held.set()
+        await release.wait()
+        return True
+
+    relay.quiet = quiet
+    stream = "idt:test-beside-prune"
+    r = redis.Redis.from_url(redis_url)
+    event = Claim("PBY-1", start="2007-01-20").events[0]
+
+    async def main() -> None:
+        task = asyncio.create_task(relay.run_forever(interval_s=0.05))
+        await asyncio.wait_for(held.wait(), 5)  # the prune is under way
+        with Session(engine) as s, s.begin():
+            add_to_outbox(s, tables, [event], stream=stream)
+        relay.notify()
+        for _ in range(100):
+            if r.xlen(stream):
+                break
+            await asyncio.sleep(0.05)
+        assert r.xlen(stream) == 1, "the relay waited for the prune"
+        release.set()
+        for _ in range(100):  # ... which then finishes
+            with Session(engine) as s:
+                if not s.execute(select(tables.outbox.c.seq).where(
+                        tables.outbox.c.event_id.like("old-%"))).first():  # fmt: skip
+                    break
+            await asyncio.sleep(0.05)
+        relay.stop()
+        await asyncio.wait_for(task, 5)
+
+    try:
+        asyncio.run(main())
+        with Session(engine) as s:
+            left = set(s.execute(select(tables.outbox.c.event_id)).scalars())
+        assert left == {event.id}
+    finally:
+        r.close()
+        relay.close()
+        engine.dispose()
