@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -172,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument(
         "--replicas", type=parse_count, default=1, metavar="N", help="replicas of every service"
     )
+    stack.add_argument(
+        "--service-setting",
+        action="append",
+        type=parse_setting,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting every service process gets (IDT_NAME=VALUE; the bench pins every "
+        "other IDT_* setting to its default), e.g. outbox_retention_s=60; repeatable. "
+        "A value a service refuses stops it at start",
+    )
     phases = p.add_argument_group("phases")
     phases.add_argument(
         "--profile",
@@ -270,6 +281,21 @@ class Config:
     keep_run_dir: bool
     command: str
     reproduce: str
+    #: Settings every service gets (name without IDT_, lowercase -> value).
+    service_settings: tuple[tuple[str, str], ...] = ()
+
+
+_SETTING = re.compile(r"(?:IDT_)?([A-Za-z][A-Za-z0-9_]*)=(.*)", re.DOTALL)
+
+
+def parse_setting(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` (NAME with or without IDT_, any case) -> (name, value)."""
+    m = _SETTING.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=VALUE, e.g. outbox_retention_s=60, got {text!r}"
+        )
+    return m.group(1).lower(), m.group(2)
 
 
 def config_from(args: argparse.Namespace, argv: list[str]) -> Config:
@@ -311,6 +337,7 @@ def config_from(args: argparse.Namespace, argv: list[str]) -> Config:
         keep_run_dir=args.keep_run_dir,
         command=command,
         reproduce=reproduce,
+        service_settings=tuple(args.service_setting),
     )
 
 
@@ -518,7 +545,10 @@ class Bench:
         pg = PostgresDatabase(cfg.postgres) if cfg.postgres else None
         profile = with_profile and self.tool is not None
         stack = BenchStack(
-            run_dir, replicas=cfg.replicas, pyinstrument=profile and self.tool == "pyinstrument"
+            run_dir,
+            replicas=cfg.replicas,
+            pyinstrument=profile and self.tool == "pyinstrument",
+            settings=dict(cfg.service_settings),
         )
         try:
             if pg is not None:

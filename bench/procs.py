@@ -96,6 +96,8 @@ class BenchStack:
     replicas: int = 1
     #: Start the services under the pyinstrument wrapper (bench.pyi_service).
     pyinstrument: bool = False
+    #: Settings every service gets as IDT_<NAME> (`--service-setting`).
+    settings: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     running: list[Replica] = field(default_factory=list)
 
@@ -127,7 +129,9 @@ class BenchStack:
         return server.url
 
     def env(self, slot: int) -> dict[str, str]:
-        env = pinned_service_env(self.redis_url, self.var, self.database_url, slot=slot)
+        env = pinned_service_env(
+            self.redis_url, self.var, self.database_url, slot=slot, settings=dict(self.settings)
+        )
         if self.pyinstrument:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p

@@ -471,3 +471,30 @@ def test_the_sampler_splits_kernel_time_from_the_rest(tmp_path: Path) -> None:
     sum(i * i for i in range(300_000))  # user time
     me = sampler.stop()["me"]
     assert me.cpu_seconds > 0 and 0 < me.system_seconds <= me.cpu_seconds
+
+
+def test_service_settings_reach_every_service_process(tmp_path) -> None:
+    """`--service-setting` is the one way to change a service setting in a run (the
+    bench pins every other IDT_* to its default); the results' command shows it."""
+    from bench.procs import BenchStack
+
+    parser = build_parser()
+    argv = [
+        "--service-setting",
+        "outbox_retention_s=60",
+        "--service-setting",
+        "IDT_MEMORY_TRIM_S=0",
+    ]
+    cfg = config_from(parser.parse_args(argv), argv)
+    assert cfg.service_settings == (("outbox_retention_s", "60"), ("memory_trim_s", "0"))
+    assert "--service-setting outbox_retention_s=60" in cfg.command
+    assert config_from(parser.parse_args([]), []).service_settings == ()
+
+    stack = BenchStack(tmp_path, settings=dict(cfg.service_settings))
+    stack.redis = type("R", (), {"url": "redis://127.0.0.1:1/0"})()  # type: ignore[assignment]
+    env = stack.env(0)
+    assert env["IDT_OUTBOX_RETENTION_S"] == "60" and env["IDT_MEMORY_TRIM_S"] == "0"
+
+    for bad in ("outbox_retention_s", "=60", "1x=2"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--service-setting", bad])
