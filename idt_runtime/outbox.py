@@ -235,28 +235,16 @@ class OutboxRelay:
         )  # fmt: skip
         self.metrics.republished.labels(self.service).inc(again)
 
-    def prune(self, now: datetime | None = None, chunk: int = PRUNE_CHUNK) -> int:
-        """Delete rows published more than `retention_s` before `now`, a chunk per
-        transaction, one after the other; returns how many."""
-        cutoff = self._prune_cutoff(now)
-        total = 0
-        while True:
-            gone, _ = self._prune_chunk(cutoff, chunk)
-            total += gone
-            if gone < chunk:
-                break
-        if total:
-            self.metrics.outbox_pruned.labels(self.service).inc(total)
-        return total
-
-    async def prune_yielding(self, now: datetime | None = None, chunk: int = PRUNE_CHUNK) -> int:
-        """`prune`, each chunk in a thread, after a pause of `PRUNE_PAUSE_FACTOR`
-        times the last chunk's time and, when the service has a consumer, waiting
-        for it to have no batch in hand (for at most twice the time the last chunk
-        held the write lock, so that a backlog never starves the prune). The first
-        prune after a bulk replay deletes an hour of it at once: its chunks back to
-        back held the write lock for seconds with only moments between, and claim
-        events waited up to a chunk each (docs/decisions.md, Publishing)."""
+    async def prune(self, now: datetime | None = None, chunk: int = PRUNE_CHUNK) -> int:
+        """Delete rows published more than `retention_s` before `now`; returns how
+        many. A chunk per transaction, each in a thread, after a pause of
+        `PRUNE_PAUSE_FACTOR` times the last chunk's time and, when the service has a
+        consumer, after waiting for it to have no batch in hand (for at most twice
+        the time the last chunk held the write lock, so that a backlog never starves
+        the prune). The first prune after a bulk replay deletes an hour of it at
+        once: its chunks back to back held the write lock for seconds with only
+        moments between, and claim events waited up to a chunk each
+        (docs/decisions.md, Publishing)."""
         cutoff = self._prune_cutoff(now)
         total = 0
         held = 0.0
@@ -328,7 +316,7 @@ class OutboxRelay:
     async def _prune_forever(self) -> None:
         while self._running:
             try:
-                await self.prune_yielding()
+                await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -4,6 +4,7 @@ relay publishes everything pending with no transaction more than it needs."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import MetaData, insert, select
@@ -32,11 +33,11 @@ def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url
         metrics=RuntimeMetrics("prn"), republish_s=10, retention_s=3600,
     )  # fmt: skip
     try:
-        assert relay.prune(now, chunk=1) == 2  # a chunk per transaction
+        assert asyncio.run(relay.prune(now, chunk=1)) == 2  # a chunk per transaction
         with Session(engine) as s:
             left = set(s.execute(select(tables.outbox.c.event_id)).scalars())
         assert left == {"recent", "just-published", "pending"}
-        assert relay.prune(now) == 0
+        assert asyncio.run(relay.prune(now)) == 0
         # Retention never goes below the republish window.
         short = OutboxRelay(
             service="prn", engine=engine, tables=tables, redis_url="redis://127.0.0.1:1",
@@ -149,13 +150,13 @@ def test_the_relays_prune_lets_claim_events_go_first_between_chunks(tmp_path):  
 
     relay.quiet = quiet
     try:
-        assert asyncio.run(relay.prune_yielding(now, chunk=3)) == 7
+        assert asyncio.run(relay.prune(now, chunk=3)) == 7
         assert left_then == [9, 6, 3]  # before each chunk of 3: 3, 3, then the last 1
         assert waits[0] == 0.01 and all(w >= 0.01 for w in waits)
         with Session(engine) as s:
             left = set(s.execute(select(tables.outbox.c.event_id)).scalars())
         assert left == {"e7", "e8"}
-        assert asyncio.run(relay.prune_yielding(now, chunk=3)) == 0
+        assert asyncio.run(relay.prune(now, chunk=3)) == 0
     finally:
         relay.close()
         engine.dispose()
