@@ -29,11 +29,16 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
 
 #: SQLite's page cache per connection, in KiB.
 SQLITE_CACHE_KIB = 32 * 1024
+#: The page cache of each reading connection (`reading`), in KiB: SQLite's own
+#: default. SQLite empties a connection's cache when it begins a transaction after
+#: another connection wrote, so in a service that writes all the time a reader's
+#: cache serves one transaction; 32 MiB each held memory and saved nothing.
+SQLITE_READER_CACHE_KIB = 2 * 1024
 #: SQLite's own: a commit that leaves the WAL longer than this many pages
 #: checkpoints it (copies its pages into the database file and syncs both).
 SQLITE_AUTOCHECKPOINT_PAGES = 1000
@@ -55,7 +60,16 @@ def reading(engine: Engine) -> Engine:
     (`make_engine`), taking the write lock at its start; a scrape on those held
     the scheduler's commits for as long as it read (0.1-4 s at 1M events). A
     write through it fails on SQLite whenever another connection wrote since the
-    read began. On PostgreSQL reads never block writes: the same engine."""
+    read began. On PostgreSQL reads never block writes: the same engine.
+
+    On a SQLite file the reads have connections of their own, a second pool
+    (`_SqliteReaders`): SQLite empties a connection's page cache whenever it
+    begins a transaction after another connection wrote, so a connection a scrape
+    or a checkpoint had used, handed next to a writer, came with an empty cache
+    (docs/decisions.md, Storage)."""
+    readers = _READERS.get(engine)
+    if readers is not None:
+        return readers.engine()
     return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
@@ -67,53 +81,106 @@ def make_engine(
 ) -> Engine:
     """An engine; for SQLite: WAL, a busy timeout, a page cache of `sqlite_cache_kib`
     per connection, commits checkpointing past `sqlite_autocheckpoint_pages` of WAL
-    and the file's folder created."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    and the file's folder created. A SQLite file's pool hands out the connection
+    returned last (`pool_use_lifo`): the process's writers take turns
+    (`write_lock`), so one connection serves them all and its page cache stays
+    valid; reads get a pool of their own (`reading`)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    path = make_url(url).database or ""
+    in_memory = path in ("", ":memory:") or "mode=memory" in url
+    if not in_memory:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = _sqlite_engine(url, sqlite_cache_kib, sqlite_autocheckpoint_pages, not in_memory)
+    if not in_memory:
+        _READERS[engine] = _SqliteReaders(
+            url, min(sqlite_cache_kib, SQLITE_READER_CACHE_KIB), sqlite_autocheckpoint_pages
+        )
+        event.listen(engine, "engine_disposed", _dispose_readers)
+    return engine
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # The driver's own transaction handling off: SQLAlchemy's "begin"
-            # below opens every transaction itself.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            _wal_mode(cur)
-            cur.execute("PRAGMA synchronous=NORMAL")
-            # A page cache per connection of IDT_SQLITE_CACHE_MIB (32 MiB unless
-            # set; SQLite's default is 2 MiB): a store of a national year is
-            # hundreds of MiB, and every page that falls out of the cache is a
-            # system call to read it back. It costs memory per connection.
-            cur.execute(f"PRAGMA cache_size=-{int(sqlite_cache_kib)}")
-            cur.execute(f"PRAGMA wal_autocheckpoint={int(sqlite_autocheckpoint_pages)}")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Any) -> None:
-            # Every transaction takes the write lock when it starts, so two
-            # processes on one file (two replicas, or a service and a migration)
-            # run their read-modify-write transactions one after the other
-            # instead of failing with SQLITE_BUSY_SNAPSHOT half-way through.
-            # Reads alone (`reading`) take a snapshot and no lock.
-            if conn.get_execution_options().get(READ_ONLY_OPTION):
-                conn.exec_driver_sql("BEGIN DEFERRED")
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_engine(url: str, cache_kib: int, autocheckpoint_pages: int, file: bool) -> Engine:
+    # An in-memory database has a connection a thread (SingletonThreadPool).
+    pool_args: dict[str, Any] = {"pool_use_lifo": True} if file else {}
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": 30}, **pool_args
+    )
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        # The driver's own transaction handling off: SQLAlchemy's "begin"
+        # below opens every transaction itself.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        _wal_mode(cur)
+        cur.execute("PRAGMA synchronous=NORMAL")
+        # A page cache per connection of IDT_SQLITE_CACHE_MIB (32 MiB unless
+        # set; SQLite's default is 2 MiB): a store of a national year is
+        # hundreds of MiB, and every page that falls out of the cache is a
+        # system call to read it back. It costs memory per connection.
+        cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn: Any) -> None:
+        # Every transaction takes the write lock when it starts, so two
+        # processes on one file (two replicas, or a service and a migration)
+        # run their read-modify-write transactions one after the other
+        # instead of failing with SQLITE_BUSY_SNAPSHOT half-way through.
+        # Reads alone (`reading`) take a snapshot and no lock.
+        if conn.get_execution_options().get(READ_ONLY_OPTION):
+            conn.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class _SqliteReaders:
+    """The pool a SQLite file's reads take their connections from, made at the
+    first read (a process that never reads opens none), with small page caches
+    (`SQLITE_READER_CACHE_KIB`)."""
+
+    def __init__(self, url: str, cache_kib: int, autocheckpoint_pages: int) -> None:
+        self._args = (url, cache_kib, autocheckpoint_pages)
+        self._engine: Engine | None = None
+        self._guard = threading.Lock()
+
+    def engine(self) -> Engine:
+        with self._guard:
+            if self._engine is None:
+                self._engine = _sqlite_engine(*self._args, True).execution_options(
+                    **{READ_ONLY_OPTION: True}
+                )
+            return self._engine
+
+    def dispose(self) -> None:
+        with self._guard:
+            if self._engine is not None:
+                self._engine.dispose()
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, _SqliteReaders] = weakref.WeakKeyDictionary()
+
+
+def _dispose_readers(engine: Engine) -> None:
+    readers = _READERS.get(engine)
+    if readers is not None:
+        readers.dispose()
 
 
 def checkpoint_wal(engine: Engine) -> tuple[int, int, int]:
     """A passive WAL checkpoint of a SQLite database, on a connection of its own
     (outside any transaction, taking no write lock): the WAL's pages copied into
     the database file as far as no reader still needs them, while writers go on.
-    Returns SQLite's (busy, WAL frames, frames checkpointed)."""
-    raw = engine.raw_connection()
+    Returns SQLite's (busy, WAL frames, frames checkpointed). It takes a reading
+    connection: one of the writers' would come back to them with its cache
+    emptied (`reading`)."""
+    raw = reading(engine).raw_connection()
     try:
         cur = raw.cursor()
         try:
