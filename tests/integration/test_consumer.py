@@ -202,7 +202,10 @@ def test_the_same_event_delivered_twice_changes_nothing(cc, r):
 def test_an_entry_read_by_a_consumer_that_died_before_acking_is_reclaimed(cc, r):
     # A consumer of the same group reads an entry and dies without acking it.
     xadd(r, claim_registered("ORPHAN-1"))
-    wait_for(lambda: count(cc, CcClaim) == 1)  # the live consumer is up and idle
+    wait_for(lambda: count(cc, CcClaim) == 1)  # the live consumer is up
+    # ... and idle: it acks after its commit, so wait for the ack too (CI once saw
+    # ORPHAN-1 still pending to the live consumer when the ghost read).
+    wait_for(lambda: r.xpending("idt:claim-registered", "contact_centre")["pending"] == 0)
     xadd_id = None
 
     # Pause the live consumer's view by reading as a ghost first: XREADGROUP ">"
