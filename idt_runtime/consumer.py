@@ -45,7 +45,7 @@ from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
 from idt_contract.events import NINO_IN_TEXT
 
 from .bulk import bulk_insert, ids_in
-from .db import RuntimeTables, write_lock
+from .db import RuntimeTables, write_turn
 from .metrics import RuntimeMetrics
 from .outbox import queued_in
 
@@ -175,9 +175,9 @@ class EventConsumer:
         self.publish_now = publish_now
         self._running = True
         # Batches of different streams are read concurrently; their commits run
-        # one at a time so that a claim's recomputation never interleaves with
-        # another (across processes, services lock the claim's row as well).
-        self._commit_lock = write_lock(engine)
+        # one at a time (`write_turn`) so that a claim's recomputation never
+        # interleaves with another (across processes, services lock the claim's row
+        # as well).
         self._seen_query = ids_in(tables.processed)  # built once (bulk.py)
         # Batches waiting for the next shared transaction (`_commit_grouped`).
         self._waiting: list[
@@ -471,7 +471,8 @@ class EventConsumer:
         processed = self.tables.processed
         ids = [ev.id for _, items in batches for _, ev in items]
         results: list[tuple[list[str], list[str]]] = []
-        with self._commit_lock, Session(self.engine) as session, session.begin():
+        writer = f"the commit of {len(ids)} events ({', '.join(s for s, _ in batches)})"
+        with write_turn(self.engine, writer), Session(self.engine) as session, session.begin():
             seen = set(session.execute(self._seen_query, {"ids": ids}).scalars())
             calls: dict[Applier, list[Envelope]] = {}
             rows = []

@@ -7,13 +7,18 @@ share one PostgreSQL database. Schemas are created by Alembic migrations
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import sqlite3
 import threading
 import time
 import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from alembic import command
@@ -31,6 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
+
+log = logging.getLogger("idt.db")
 
 #: SQLite's page cache per connection, in KiB.
 SQLITE_CACHE_KIB = 32 * 1024
@@ -115,10 +122,11 @@ def _sqlite_engine(url: str, cache_kib: int, autocheckpoint_pages: int, file: bo
         cur = dbapi_conn.cursor()
         _wal_mode(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
-        # A page cache per connection of IDT_SQLITE_CACHE_MIB (32 MiB unless
-        # set; SQLite's default is 2 MiB): a store of a national year is
-        # hundreds of MiB, and every page that falls out of the cache is a
-        # system call to read it back. It costs memory per connection.
+        # A page cache of `cache_kib` per connection: the writers' connection
+        # IDT_SQLITE_CACHE_MIB (32 MiB unless set; SQLite's default is 2 MiB),
+        # since a store of a national year is many GiB and every page that
+        # falls out of the cache is a system call to read it back; a reading
+        # connection at most 2 MiB (`SQLITE_READER_CACHE_KIB`).
         cur.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
         cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint_pages)}")
         cur.execute("PRAGMA busy_timeout=30000")
@@ -218,15 +226,79 @@ _WRITE_LOCKS_GUARD = threading.Lock()
 
 
 def write_lock(engine: Engine) -> threading.Lock:
-    """The lock a process's writers to `engine` (batch commits, the outbox relay)
-    take in turn. Across processes the database orders them (row and advisory locks;
-    SQLite's write lock); within one process this queue does, so a writer waits
-    its turn instead of SQLite's busy handler sleeping it for up to 100 ms a try."""
+    """The lock a process's writers to `engine` take in turn (`write_turn`: batch
+    commits, the outbox relay and its prune, the scheduler's sweeper, HTTP intake
+    on SQLite). Across processes the database orders them (row and advisory locks;
+    SQLite's write lock); within one process this lock does, so a writer waits its
+    turn instead of SQLite's busy handler sleeping it for up to 100 ms a try. It
+    is not first come, first served: under a backlog a writer can wait through
+    several of the consumer's commits (the slow-write log says so)."""
     with _WRITE_LOCKS_GUARD:
         lock = _WRITE_LOCKS.get(engine)
         if lock is None:
             lock = _WRITE_LOCKS[engine] = threading.Lock()
         return lock
+
+
+#: A writer that waited for or held the write lock this long is logged (`write_turn`).
+SLOW_WRITE_S = 1.0
+#: Turns remembered per engine, to name what a slow waiter waited behind.
+_TURNS_KEPT = 64
+
+_TURNS: weakref.WeakKeyDictionary[Engine, deque[tuple[str, float, float]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _turns(engine: Engine) -> deque[tuple[str, float, float]]:
+    with _WRITE_LOCKS_GUARD:
+        turns = _TURNS.get(engine)
+        if turns is None:
+            turns = _TURNS[engine] = deque(maxlen=_TURNS_KEPT)
+        return turns
+
+
+def _behind(turns: Iterable[tuple[str, float, float]], asked: float, began: float) -> str:
+    """The writers whose turns ended while a waiter waited, by the time they held
+    the lock then: `the outbox relay 2.10 s, the sweeper 0.03 s (2 turns)`."""
+    held: dict[str, list[float]] = {}
+    for writer, start, end in turns:
+        if end > asked and start < began:
+            held.setdefault(writer, []).append(end - max(start, asked))
+    parts = sorted(held.items(), key=lambda kv: -sum(kv[1]))
+    return (
+        ", ".join(
+            f"{w} {sum(t):.2f} s" + (f" ({len(t)} turns)" if len(t) > 1 else "") for w, t in parts
+        )
+        or "nothing this process remembers"
+    )
+
+
+@contextlib.contextmanager
+def write_turn(engine: Engine, writer: str, *, slow_s: float = SLOW_WRITE_S) -> Iterator[float]:
+    """Take `engine`'s write lock (`write_lock`) for `writer` (a batch's commit, an
+    outbox prune chunk, ...), yielding the time it was taken (`perf_counter`). A
+    turn that held the lock `slow_s` or longer is logged with the writer's name,
+    and one that waited as long with the writers it waited behind: every other
+    writer of the process waits while one holds it, so this is where a stall in
+    the services' logs says what held them (logged once the lock is given back)."""
+    lock = write_lock(engine)
+    turns = _turns(engine)
+    asked = perf_counter()
+    with lock:
+        began = perf_counter()
+        try:
+            yield began
+        finally:
+            ended = perf_counter()
+            turns.append((writer, began, ended))
+    held, waited = ended - began, began - asked
+    if held >= slow_s or waited >= slow_s:
+        log.warning(
+            "slow write: %s held the write lock for %.2f s after waiting %.2f s for it%s",
+            writer, held, waited,
+            f" behind {_behind(list(turns), asked, began)}" if waited >= slow_s else "",
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -269,6 +341,10 @@ def runtime_tables(prefix: str, metadata: MetaData) -> RuntimeTables:
 def is_postgresql(bind: Engine | Connection | Session) -> bool:
     engine = bind.get_bind() if isinstance(bind, Session) else bind
     return engine.dialect.name == "postgresql"
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
 
 
 def advisory_key(name: str) -> int:

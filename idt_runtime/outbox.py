@@ -25,7 +25,7 @@ from idt_contract import Envelope, encode, stream_for
 from idt_contract.streams import DATA_FIELD, outbox_run_key
 
 from .bulk import bulk_insert
-from .db import RuntimeTables, lock_scope, write_lock
+from .db import RuntimeTables, lock_scope, write_turn
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger("idt.outbox")
@@ -177,7 +177,11 @@ class OutboxRelay:
     def _publish_batch(self) -> tuple[list[str], int]:
         """Publish up to `batch_size` pending rows; (their streams, rows left)."""
         o = self.tables.outbox
-        with write_lock(self.engine), Session(self.engine) as s, s.begin():
+        with (
+            write_turn(self.engine, "the outbox relay"),
+            Session(self.engine) as s,
+            s.begin(),
+        ):
             lock_scope(s, f"outbox:{o.name}", exclusive=True)
             self._after_restart(s)
             rows = s.execute(
@@ -248,6 +252,9 @@ class OutboxRelay:
         cutoff = self._prune_cutoff(now)
         total = 0
         held = 0.0
+        chunks = 0
+        held_total = held_max = 0.0
+        began = perf_counter()
         while self._running:
             if held:  # at most a third of the time: the other services prune too
                 await asyncio.sleep(PRUNE_PAUSE_FACTOR * held)
@@ -255,10 +262,18 @@ class OutboxRelay:
                 await self.quiet(max(PRUNE_QUIET_MIN_S, 2 * held))
             gone, held = await asyncio.to_thread(self._prune_chunk, cutoff, chunk)
             total += gone
+            chunks += 1
+            held_total += held
+            held_max = max(held_max, held)
             if gone < chunk:
                 break
         if total:
             self.metrics.outbox_pruned.labels(self.service).inc(total)
+            log.info(
+                "%s: pruned %d published outbox rows in %.1f s (%d chunks, holding the write "
+                "lock %.1f s in all and %.2f s at most)",
+                self.service, total, perf_counter() - began, chunks, held_total, held_max,
+            )  # fmt: skip
         return total
 
     def _prune_cutoff(self, now: datetime | None) -> datetime:
@@ -268,8 +283,7 @@ class OutboxRelay:
         """Delete up to `chunk` rows published before `cutoff`, in one transaction;
         the rows deleted and the seconds the write lock was held."""
         o = self.tables.outbox
-        with write_lock(self.engine):
-            began = perf_counter()
+        with write_turn(self.engine, f"an outbox prune chunk ({chunk} rows at most)") as began:
             with Session(self.engine) as s, s.begin():
                 old = prunable(o, cutoff, chunk).scalar_subquery()
                 result = s.execute(delete(o).where(o.c.seq.in_(old)))

@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request, Response
@@ -29,6 +30,7 @@ from . import memory
 from .clock import Clock, SystemClock
 from .consumer import Applier, EventConsumer
 from .db import (
+    SLOW_WRITE_S,
     SQLITE_AUTOCHECKPOINT_FALLBACK_PAGES,
     SQLITE_AUTOCHECKPOINT_PAGES,
     RuntimeTables,
@@ -37,11 +39,21 @@ from .db import (
     migrate,
     reading,
 )
+from .logs import configure_logging
 from .metrics import RuntimeMetrics, StreamCollector
 from .outbox import OutboxRelay
 from .settings import RuntimeSettings
 
 log = logging.getLogger("idt.service")
+
+T = TypeVar("T")
+
+
+def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """`fn(*args)` and the seconds it took (in the thread that runs it, so a wait
+    for a free worker thread is not counted)."""
+    began = time.perf_counter()
+    return fn(*args), time.perf_counter() - began
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        configure_logging(s.log_level)
         url = s.database_url_for(self.spec.name)
         checkpointing = url.startswith("sqlite") and s.sqlite_checkpoint_s > 0
         self.engine = make_engine(
@@ -166,6 +179,8 @@ class ServiceRuntime:
         )
         self.metrics.registry.register(self._streams)  # type: ignore[arg-type]
         self._tasks.append(asyncio.create_task(self.consumer.reclaim_forever(s.reclaim_interval_s)))
+        log.info("%s: consuming %d streams in group %s as consumer %s", self.spec.name,
+                 len(self.consumer.streams), self.spec.name, name)  # fmt: skip
 
     async def _checkpoint_forever(self, interval_s: float) -> None:
         """Checkpoint the SQLite WAL every `interval_s`, in a thread of its own
@@ -186,8 +201,11 @@ class ServiceRuntime:
             try:
                 if self.consumer is not None:
                     await self.consumer.quiet(quiet_within_s)
-                _, frames, _ = await asyncio.to_thread(checkpoint_wal, engine)
+                (_, frames, done), took = await asyncio.to_thread(timed, checkpoint_wal, engine)
                 self.metrics.wal_frames.labels(self.spec.name).set(frames)
+                if took >= SLOW_WRITE_S:
+                    log.warning("%s: slow write: a WAL checkpoint took %.2f s (%d of %d frames)",
+                                self.spec.name, took, done, frames)  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # commits checkpoint past the fallback meanwhile

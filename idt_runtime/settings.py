@@ -67,7 +67,8 @@ class RuntimeSettings(BaseSettings):
     #: Published outbox rows are deleted after this many seconds (at least the
     #: republish window): the streams, not the outbox, are the record of events.
     outbox_retention_s: float = Field(default=3600.0, ge=0)
-    #: SQLite only: page cache per connection, in MiB (SQLite's own default is 2).
+    #: SQLite only: the page cache of the writers' connection, in MiB (SQLite's own
+    #: default is 2; reads use connections of their own with at most 2).
     sqlite_cache_mib: int = Field(default=32, ge=1, le=4096)
     #: SQLite only: seconds between the service's own WAL checkpoints, which keep
     #: them out of the commits (0: commits checkpoint, SQLite's default way).
@@ -77,7 +78,18 @@ class RuntimeSettings(BaseSettings):
     #: size grew to the sum of its threads' peaks and stayed there
     #: (idt_runtime/memory.py).
     memory_trim_s: float = Field(default=30.0, ge=0, le=3600)
+    #: The level of the services' own log lines (idt_runtime/logs.py).
     log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(
+                f"log_level is one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not {value!r}"
+            )
+        return level
 
     @field_validator("memory_trim_s")
     @classmethod

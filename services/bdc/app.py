@@ -6,7 +6,8 @@ from every `claim-cleared` on the bus."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
@@ -19,7 +20,7 @@ from idt_contract.events import ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
 from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
-from idt_runtime.db import reading
+from idt_runtime.db import is_sqlite, reading, write_turn
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -171,9 +172,18 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
     runtime = ServiceRuntime(SPEC, settings, appliers=dict(handlers.APPLIERS), clock=clock)
     router = APIRouter(prefix="/v1")
 
-    def session() -> Session:
-        assert runtime.engine is not None
-        return Session(runtime.engine)
+    @contextlib.contextmanager
+    def writing(what: str) -> Iterator[Session]:
+        """A write transaction; on SQLite in the process's write turn (`write_turn`),
+        as the consumer's commits and the relay take it: the writers then share one
+        connection, whose page cache stays valid, and SQLite's busy handler does not
+        sleep the request (idt_runtime/db.py). On PostgreSQL its row locks are
+        enough, and a request does not queue behind the consumer's commits."""
+        engine = runtime.engine
+        assert engine is not None
+        turn = write_turn(engine, what) if is_sqlite(engine) else contextlib.nullcontext()
+        with turn, Session(engine) as s, s.begin():
+            yield s
 
     def read_session() -> Session:
         assert runtime.engine is not None
@@ -196,7 +206,7 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
     def transact(work: Callable[[Session], T]) -> T:
         """One command in one transaction; domain refusals become clear 4xx."""
         try:
-            with session() as s, s.begin():
+            with writing("an HTTP intake request") as s:
                 return work(s)
         except handlers.NotFound as exc:
             raise _error(404, list(exc.loc), str(exc), "not_found") from None

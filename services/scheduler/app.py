@@ -19,7 +19,7 @@ from sqlmodel import Session
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
 from idt_runtime.consumer import is_infra, is_race
-from idt_runtime.db import reading, write_lock
+from idt_runtime.db import reading, write_turn
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -125,8 +125,7 @@ def due_sweeper(
         @contextlib.contextmanager
         def writing() -> Iterator[Session]:
             nonlocal held
-            with write_lock(engine):
-                began = perf_counter()
+            with write_turn(engine, "the sweeper") as began:
                 try:
                     with Session(engine) as s, s.begin():
                         yield s

@@ -349,6 +349,17 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
         assert "var/logs/<service>.log" in output
         assert (var / "logs" / "contact_centre.log").stat().st_size > 0
         assert (var / "logs" / "bdc.log").stat().st_size > 0
+        # The services' own lines: UTC time, level, logger (idt_runtime/logs.py).
+        stamped = re.compile(
+            r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO idt\.service: scheduler: "
+            r"consuming \d+ streams in group scheduler as consumer ",
+            re.M,
+        )
+        wait_for(
+            lambda: stamped.search((var / "logs" / "scheduler.log").read_text()) is not None,
+            timeout=10,
+            interval=0.2,
+        )
         assert (var / "contact_centre.db").exists()
         assert not (var / "redis").exists()  # Redis was given: none embedded
 

@@ -5,6 +5,7 @@ relay publishes everything pending with no transaction more than it needs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import MetaData, insert, select
@@ -15,7 +16,8 @@ from idt_runtime.metrics import RuntimeMetrics
 from idt_runtime.outbox import OutboxRelay, prunable
 
 
-def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url, tmp_path):  # type: ignore[no-untyped-def]
+def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url, tmp_path, caplog):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="idt.outbox")
     metadata = MetaData()
     tables = runtime_tables("prn", metadata)
     engine = make_engine(database_url or f"sqlite:///{tmp_path}/prune.db")
@@ -37,7 +39,12 @@ def test_published_rows_past_retention_are_deleted_and_nothing_else(database_url
         with Session(engine) as s:
             left = set(s.execute(select(tables.outbox.c.event_id)).scalars())
         assert left == {"recent", "just-published", "pending"}
+        # The operator's log says what a prune did (a prune of nothing says nothing).
+        said = [r.getMessage() for r in caplog.records if "pruned" in r.getMessage()]
+        assert len(said) == 1 and "prn: pruned 2 published outbox rows" in said[0]
+        assert "(3 chunks," in said[0]
         assert asyncio.run(relay.prune(now)) == 0
+        assert len([r for r in caplog.records if "pruned" in r.getMessage()]) == 1
         # Retention never goes below the republish window.
         short = OutboxRelay(
             service="prn", engine=engine, tables=tables, redis_url="redis://127.0.0.1:1",

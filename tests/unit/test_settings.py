@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import redis
 from pydantic import ValidationError
@@ -85,3 +87,36 @@ def test_memory_trimming_is_never_or_at_most_once_a_second(monkeypatch):
         monkeypatch.setenv("IDT_MEMORY_TRIM_S", bad)
         with pytest.raises(ValueError, match="memory_trim_s"):
             RuntimeSettings()
+
+
+def test_the_log_level_is_a_known_level(monkeypatch):
+    monkeypatch.setenv("IDT_LOG_LEVEL", "warning")
+    assert RuntimeSettings().log_level == "WARNING"
+    monkeypatch.setenv("IDT_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValidationError, match="log_level is one of DEBUG, INFO"):
+        RuntimeSettings()
+
+
+def test_a_service_process_stamps_its_log_lines_and_keeps_info(tmp_path):
+    """In a process with no logging set up (as under uvicorn), the idt loggers write
+    time, level and logger, at IDT_LOG_LEVEL; a second call adds no second handler."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\n"
+        "from idt_runtime.logs import configure_logging\n"
+        "configure_logging('INFO'); configure_logging('INFO')\n"
+        "logging.getLogger('idt.outbox').info('pruned %d rows', 3)\n"
+        "logging.getLogger('idt.db').debug('not shown')\n"
+        "configure_logging('WARNING')\n"
+        "logging.getLogger('idt.outbox').info('not shown either')\n"
+        "logging.getLogger('idt.db').warning('slow write')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, lines
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.fullmatch(stamp + r" INFO idt\.outbox: pruned 3 rows", lines[0]), lines
+    assert re.fullmatch(stamp + r" WARNING idt\.db: slow write", lines[1]), lines
