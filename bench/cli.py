@@ -65,7 +65,14 @@ from .phases import (
     run_latency,
     wait_drained,
 )
-from .procs import CONSUMED, BenchError, BenchStack, MetricsSampler, ProcSamples, RssSampler
+from .procs import (
+    CONSUMED,
+    BenchError,
+    BenchStack,
+    MetricsSampler,
+    ProcSamples,
+    RssSampler,
+)
 from .procs import scrape as scrape_metric
 from .report import (
     LATENCY_RATE,
@@ -815,6 +822,7 @@ class Bench:
                 probe_rate=cfg.probe_rate,
                 drain=drain,
                 on_second=lambda s: progress.update(task, completed=min(s, cfg.latency_seconds)),
+                watch=stack.pids(),
             )
             progress.update(task, completed=round(cfg.latency_seconds))
         self.console.print(

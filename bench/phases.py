@@ -37,8 +37,8 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream, stream_for
 
-from .procs import OUTBOX_PENDING, BenchError, scrape
-from .report import Latency, Limit
+from .procs import OUTBOX_PENDING, ActivitySampler, BenchError, scrape
+from .report import LATENCY_SLICES, Latency, Limit
 from .synth import clone_customer_ref, date_of, read_lines, stream_of
 
 PIPELINE_BATCH = 500
@@ -395,6 +395,7 @@ def run_latency(
     probe_rate: float,
     drain: Callable[[dict[str, bytes]], None],
     on_second: Callable[[float], None] | None = None,
+    watch: dict[str, int] | None = None,
 ) -> Latency:
     """Register the probe claims (and drain), then publish at a steady `rate` for
     `seconds`: the filler's events with one probe claim's clearance every
@@ -432,6 +433,8 @@ def run_latency(
     day = day0
     behind = 0.0
     paced_last: dict[str, bytes] = {}
+    # What each process does while the phase runs (`watch`: label -> pid).
+    activity = ActivitySampler(watch, interval=0.25).start() if watch else None
     began = perf_counter()
     next_report = 1.0
     try:
@@ -496,8 +499,16 @@ def run_latency(
             all_landed(2.0)
     finally:
         reader.stop()
+        if activity is not None:
+            activity.stop()
     if reader.error is not None:
         raise BenchError(f"the alert reader failed: {reader.error!r}")
+    per_slice: list[tuple[tuple[str, float, int | None], ...]] = []
+    if activity is not None:
+        width = duration / LATENCY_SLICES
+        for i in range(LATENCY_SLICES):
+            done = activity.between(began + i * width, began + (i + 1) * width)
+            per_slice.append(tuple((label, cpu, read) for label, (cpu, read) in done.items()))
     landed = [(c, t) for c, t in sent.items() if c in reader.arrived]
     samples = tuple((reader.arrived[c] - t) * 1000 for c, t in landed)
     return Latency(
@@ -510,4 +521,5 @@ def run_latency(
         max_behind_ms=behind * 1000,
         sent_s=tuple(t - began for _, t in landed),
         tick_s=None if tick_sent is None else tick_sent - began,
+        activity=tuple(per_slice),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import signal
 import subprocess
@@ -338,6 +339,90 @@ class RssSampler:
             sample = self.samples[label]
             sample.cpu_end, sample.system_end = _cpu(p)
         return self.samples
+
+
+def _read_bytes(proc: psutil.Process) -> int | None:
+    """Bytes the process has read from storage so far (Linux's `read_bytes`: reads
+    that the kernel's page cache could not serve), None where the system does not
+    say."""
+    try:
+        return int(proc.io_counters().read_bytes)  # type: ignore[attr-defined]
+    except (psutil.Error, AttributeError, NotImplementedError):
+        return None
+
+
+class ActivitySampler:
+    """Every `interval` seconds, each process's CPU time and bytes read from storage
+    so far, in a thread: what each process did in a part of a phase (`between`)."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 1.0) -> None:
+        self.interval = interval
+        self._procs: dict[str, psutil.Process] = {}
+        for label, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self._procs[label] = psutil.Process(pid)
+        #: label -> [(perf_counter(), CPU seconds, bytes read from storage)]
+        self.samples: dict[str, list[tuple[float, float, int | None]]] = {
+            label: [] for label in self._procs
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="activity-sampler", daemon=True)
+
+    def start(self) -> ActivitySampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        now = time.perf_counter()
+        for label, p in self._procs.items():
+            cpu, _ = _cpu(p)
+            if cpu is not None:
+                self.samples[label].append((now, cpu, _read_bytes(p)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+
+    def between(self, a: float, b: float) -> dict[str, tuple[float, int | None]]:
+        """Per process, the CPU seconds and bytes read from storage from `a` to `b`
+        (perf_counter times), each counter taken at `a` and at `b` by linear
+        interpolation between the samples around them (so that neighbouring
+        slices do not count the same second twice)."""
+        out: dict[str, tuple[float, int | None]] = {}
+        for label, xs in self.samples.items():
+            if not xs:
+                continue
+            cpu = _at(xs, a, 1), _at(xs, b, 1)
+            read = _at(xs, a, 2), _at(xs, b, 2)
+            bytes_read = (
+                None if read[0] is None or read[1] is None else max(0, round(read[1] - read[0]))
+            )
+            out[label] = (max(0.0, (cpu[1] or 0.0) - (cpu[0] or 0.0)), bytes_read)
+        return out
+
+
+def _at(xs: list[tuple[float, float, int | None]], t: float, i: int) -> float | None:
+    """Field `i` of the samples `xs` (in time order) at time `t`, interpolated
+    linearly; the first or last sample's outside them; None if either sample
+    around `t` lacks it."""
+    if t <= xs[0][0]:
+        v = xs[0][i]
+        return None if v is None else float(v)
+    for (t0, *v0), (t1, *v1) in itertools.pairwise(xs):
+        if t0 <= t <= t1:
+            a, b = v0[i - 1], v1[i - 1]
+            if a is None or b is None:
+                return None
+            share = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            return float(a) + (float(b) - float(a)) * share
+    v = xs[-1][i]
+    return None if v is None else float(v)
 
 
 def parse_metric_sum(text: str, name: str) -> float:

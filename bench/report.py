@@ -174,6 +174,10 @@ class Run:
         return self.throughput.e2e_rate / self.limit.read_ack_rate
 
 
+#: The latency phase is reported in this many equal slices.
+LATENCY_SLICES = 6
+
+
 @dataclass(frozen=True)
 class Latency:
     target_rate: float
@@ -188,8 +192,11 @@ class Latency:
     sent_s: tuple[float, ...] = ()
     #: Seconds into the phase the clock tick was published.
     tick_s: float | None = None
+    #: Per slice of the phase (`slices`, in order): each process's (label, CPU
+    #: seconds, bytes read from storage or None where the system does not say).
+    activity: tuple[tuple[tuple[str, float, int | None], ...], ...] = ()
 
-    def slices(self, count: int = 6) -> list[tuple[float, float, tuple[float, ...]]]:
+    def slices(self, count: int = LATENCY_SLICES) -> list[tuple[float, float, tuple[float, ...]]]:
         """The samples by when their probe was published, in `count` equal slices
         of the phase: (from s, to s, samples). Shows whether a tail is spread over
         the phase or gathered at a moment (the tick, a sweep)."""
@@ -655,6 +662,31 @@ def _latency(r: Results) -> list[str]:
                         "tick" if tick is not None and a <= tick < b else "",
                     ]
                     for a, b, x in slices
+                ],
+            ),
+            "",
+        ]
+    if lat.activity and len(lat.activity) == len(lat.slices()):
+        labels = [label for label, _, _ in lat.activity[0]]
+        width = lat.seconds / len(lat.activity)
+        out += [
+            "What each process did in those slices: CPU seconds (of the slice's "
+            f"{secs(width)}), and what it read from storage, the reads the kernel's page "
+            "cache could not serve (a process that waits on the disk spends little CPU and "
+            "reads much):",
+            "",
+            *table(
+                ["published", *labels],
+                [
+                    [
+                        f"{i * width:,.0f} to {(i + 1) * width:,.0f} s",
+                        *(
+                            f"{cpu:,.1f} s, "
+                            + ("?" if read is None else f"{read / 2**20:,.1f} MiB")
+                            for _, cpu, read in procs
+                        ),
+                    ]
+                    for i, procs in enumerate(lat.activity)
                 ],
             ),
             "",

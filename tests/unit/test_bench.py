@@ -498,3 +498,49 @@ def test_service_settings_reach_every_service_process(tmp_path) -> None:
     for bad in ("outbox_retention_s", "=60", "1x=2"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--service-setting", bad])
+
+
+def test_the_activity_sampler_says_what_each_process_did_between_two_moments() -> None:
+    import os
+    import time
+
+    from bench.procs import ActivitySampler
+
+    sampler = ActivitySampler({"me": os.getpid()}, interval=0.02).start()
+    a = time.perf_counter()
+    sum(i * i for i in range(1_000_000))
+    b = time.perf_counter()
+    sampler.stop()
+    cpu, read = sampler.between(a, b)["me"]
+    assert cpu > 0 and (read is None or read >= 0)
+
+    # Each counter interpolated at both ends: neighbouring slices add up.
+    sampler.samples = {"p": [(0.0, 1.0, 100), (1.0, 1.5, 100), (2.0, 3.5, 900), (3.0, 4.0, 1000)]}
+    assert sampler.between(1.0, 2.0) == {"p": (2.0, 800)}
+    assert sampler.between(0.5, 2.5) == {"p": (2.5, 850)}
+    parts = [sampler.between(x, x + 0.5)["p"] for x in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)]
+    assert sum(c for c, _ in parts) == pytest.approx(3.0)
+    assert sum(r for _, r in parts if r is not None) == 900
+    # Outside the samples: the first's or the last's.
+    assert sampler.between(-5.0, 0.0) == {"p": (0.0, 0)}
+    assert sampler.between(3.0, 9.0) == {"p": (0.0, 0)}
+    sampler.samples = {"p": [(0.0, 1.0, None), (1.0, 2.0, None)]}
+    assert sampler.between(0.0, 1.0) == {"p": (1.0, None)}
+
+
+def test_the_latency_report_shows_what_each_process_did_in_each_slice() -> None:
+    sent = tuple(float(i) for i in range(60))
+    samples = tuple(5_000.0 if s < 10 else 40.0 for s in sent)
+    quiet = (("scheduler", 2.0, 0), ("scoring", 1.0, None))
+    busy = (("scheduler", 3.5, 750 * 2**20), ("scoring", 1.0, None))
+    lat = Latency(
+        1000.0, 1000.0, 60.0, 60, samples, 0, 1.0, sent_s=sent, tick_s=30.2,
+        activity=(busy, *[quiet] * 5),
+    )  # fmt: skip
+    text = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], lat))
+    assert "| published | scheduler | scoring |" in text
+    assert "| 0 to 10 s | 3.5 s, 750.0 MiB | 1.0 s, ? |" in text
+    assert "| 50 to 60 s | 2.0 s, 0.0 MiB | 1.0 s, ? |" in text
+    # No activity sampled (an older run): no such table.
+    plain = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], LATENCY))
+    assert "What each process did" not in plain
