@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from alembic import command
 from alembic.config import Config
@@ -94,7 +95,7 @@ def make_engine(
     valid; reads get a pool of their own (`reading`)."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
-    path = make_url(url).database or ""
+    path = sqlite_file_of(url)
     in_memory = path in ("", ":memory:") or "mode=memory" in url
     if not in_memory:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +106,17 @@ def make_engine(
         )
         event.listen(engine, "engine_disposed", _dispose_readers)
     return engine
+
+
+def sqlite_file_of(url: str) -> str:
+    """The file a SQLite URL names ("" or ":memory:" for none), a URI filename's
+    included (`sqlite:///file:data/x.db?mode=rwc&uri=true`: data/x.db, where the
+    driver is handed "file:data/x.db?mode=rwc")."""
+    u = make_url(url)
+    path = u.database or ""
+    if path.startswith("file:") and u.query.get("uri") in ("true", "1"):
+        return unquote(urlsplit(path).path)
+    return path
 
 
 def _sqlite_engine(url: str, cache_kib: int, autocheckpoint_pages: int, file: bool) -> Engine:

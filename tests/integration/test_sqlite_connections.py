@@ -23,6 +23,7 @@ from idt_runtime.db import (
     checkpoint_wal,
     make_engine,
     reading,
+    sqlite_file_of,
     write_lock,
 )
 
@@ -81,16 +82,34 @@ def test_writers_keep_one_connection_while_reads_and_checkpoints_go_on(tmp_path)
 
 def test_reading_connections_have_small_caches_and_go_with_the_engine(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path}/r.db")
-    _setup(engine)
-    with engine.connect() as c:
-        assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_CACHE_KIB
-    reader = reading(engine)
-    with reader.connect() as c:
-        assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_READER_CACHE_KIB
-    assert reader.pool is not engine.pool
-    assert reader.pool.checkedin() == 1
-    engine.dispose()
+    try:
+        _setup(engine)
+        with engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_CACHE_KIB
+        reader = reading(engine)
+        with reader.connect() as c:
+            assert c.exec_driver_sql("PRAGMA cache_size").scalar_one() == -SQLITE_READER_CACHE_KIB
+        assert reader.pool is not engine.pool
+        assert reader.pool.checkedin() == 1
+    finally:
+        engine.dispose()
     assert reader.pool.checkedin() == 0
+
+
+def test_a_uri_filename_makes_the_file_s_folder_not_one_named_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    engine = make_engine("sqlite:///file:data/u.db?mode=rwc&uri=true")
+    try:
+        _setup(engine)
+        with Session(reading(engine)) as s:
+            assert s.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+    finally:
+        engine.dispose()
+    assert (tmp_path / "data" / "u.db").is_file()
+    assert not (tmp_path / "file:data").exists()
+    assert sqlite_file_of("sqlite:///file:/abs/x%20y.db?uri=true") == "/abs/x y.db"
+    assert sqlite_file_of("sqlite:///rel/x.db") == "rel/x.db"
+    assert sqlite_file_of("sqlite://") == ""
 
 
 def test_a_cache_smaller_than_the_readers_default_is_kept_for_both(tmp_path):
