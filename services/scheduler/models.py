@@ -75,6 +75,27 @@ class SchWindow(SQLModel, table=True):
     """A window on one basis as last evaluated, and the last outcome published."""
 
     __tablename__ = "sch_windows"
+    # What the scrape counts (`open_windows_by_district`: windows open or upcoming,
+    # by element and Jobcentre, and those closing unbooked) read from this index
+    # alone. Counting through an index on `status` read every open window's row:
+    # after a 10M replay (743k open of 4.3M windows) a scrape read 2.3 GB from a
+    # cold page cache (5.1 s), and every scrape pushed that much of the table
+    # through the page cache the claim events need; from this index, 53 MB (0.6
+    # s). It leads with `status`, so it serves the finds by status as well.
+    # Within an element and Jobcentre entries go by `closes`, so new windows land
+    # near the end and the windows closing near the start: few pages are written.
+    __table_args__ = (
+        Index(
+            "ix_sch_windows_open",
+            "status",
+            "basis",
+            "exists_now",
+            "element",
+            "jobcentre_id",
+            "closes",
+            "booking_state",
+        ),
+    )
     window_id: str = Field(primary_key=True, max_length=160)
     basis: str = Field(primary_key=True, max_length=10)
     claim_id: str = Field(index=True, max_length=64)
@@ -83,7 +104,7 @@ class SchWindow(SQLModel, table=True):
     seq: int
     opens: date
     closes: date
-    status: str = Field(max_length=12, index=True)
+    status: str = Field(max_length=12)
     outcome_date: date | None = None
     jobcentre_id: str | None = Field(default=None, index=True, max_length=32)
     stage: str | None = Field(default=None, max_length=16)

@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import event, inspect
+from sqlmodel import Session
 
 from idt_runtime.db import make_engine, migrate
 from services.scheduler.app import SPEC
-from services.scheduler.handlers import NEVER_EVALUATED, REACHED
+from services.scheduler.handlers import NEVER_EVALUATED, REACHED, open_windows_by_district
+from services.scheduler.models import SchClock, SchOffice, SchWindow
 
 
 @pytest.mark.parametrize(
@@ -51,5 +53,48 @@ def test_the_indexes_no_query_used_are_gone(tmp_path):  # type: ignore[no-untype
         }
         assert names.isdisjoint(gone), names
         assert {"ix_sch_claims_never_evaluated", "ix_sch_claims_due"} <= names
+    finally:
+        engine.dispose()
+
+
+def test_a_scrape_counts_open_windows_from_an_index_alone(tmp_path):  # type: ignore[no-untyped-def]
+    """`idt_windows_open` / `idt_windows_at_risk` are read at every scrape. Counted
+    through rows, a scrape read every open window's row: 2.3 GB from a cold page
+    cache after a 10M replay (743k open windows), pushing through the page cache
+    what the claim events need. The plan must not touch the table."""
+    engine = make_engine(f"sqlite:///{tmp_path}/sch.db")
+    migrate(engine, SPEC.migrations, "sch_alembic_version")
+    statements: list[tuple[str, object]] = []
+
+    def note(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
+        if "sch_windows" in statement:
+            statements.append((statement, parameters))
+
+    try:
+        with Session(engine) as s, s.begin():
+            s.add(SchClock(id=1, time_key="t", as_of=date(2026, 11, 24)))
+            s.add(SchOffice(office_id="JC1", kind="JOBCENTRE", name="JC 1", district="North",
+                            time_key="t", event_id="e"))  # fmt: skip
+            for i, (status, closes, booking) in enumerate(
+                [("OPEN", date(2026, 11, 30), None), ("OPEN", date(2027, 1, 30), None),
+                 ("UPCOMING", date(2026, 11, 26), "BOOKED"), ("MET", date(2026, 11, 1), None)]
+            ):  # fmt: skip
+                s.add(SchWindow(window_id=f"W{i}", basis="policy", claim_id=f"C{i}",
+                                element="IB", intervention="WFI", seq=1, opens=date(2026, 11, 1),
+                                closes=closes, status=status, jobcentre_id="JC1",
+                                booking_state=booking))  # fmt: skip
+        event.listen(engine, "before_cursor_execute", note)
+        with Session(engine) as s:  # the scrape reads through `reading`: the same SQL
+            opened, at_risk = open_windows_by_district(s, 14)
+        event.remove(engine, "before_cursor_execute", note)
+        assert opened == {("IB", "North"): 3} and at_risk == {("IB", "North"): 1}
+        (statement, parameters), *_ = statements
+        with engine.connect() as c:
+            plan = " | ".join(
+                r[-1] for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+        assert "USING COVERING INDEX ix_sch_windows_open" in plan, plan
+        names = {i["name"] for i in inspect(engine).get_indexes("sch_windows")}
+        assert "ix_sch_windows_status" not in names, names  # the new index leads with it
     finally:
         engine.dispose()
