@@ -13,7 +13,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from . import memory
 from .clock import Clock, SystemClock
@@ -35,9 +36,11 @@ from .db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
     RuntimeTables,
     checkpoint_wal,
+    is_sqlite,
     make_engine,
     migrate,
     reading,
+    write_turn,
 )
 from .logs import configure_logging
 from .metrics import RuntimeMetrics, StreamCollector
@@ -290,6 +293,27 @@ class ServiceRuntime:
             log.error("%s: stopping %s took over %.0fs; moving on", self.spec.name, what, limit_s)
         except Exception as exc:
             log.warning("%s: stopping %s failed: %r", self.spec.name, what, exc)
+
+    # ------------------------------------------------------------------ sessions
+
+    @contextlib.contextmanager
+    def writing(self, what: str) -> Iterator[Session]:
+        """A write transaction for an HTTP request (`what` names it in slow-write
+        lines); on SQLite in the process's write turn (`write_turn`), as the
+        consumer's commits and the relay take it: the writers then share one
+        connection, whose page cache stays valid, and SQLite's busy handler does not
+        sleep the request (idt_runtime/db.py). On PostgreSQL its row locks are
+        enough, and a request does not queue behind the consumer's commits."""
+        engine = self.engine
+        assert engine is not None
+        turn = write_turn(engine, what) if is_sqlite(engine) else contextlib.nullcontext()
+        with turn, Session(engine) as s, s.begin():
+            yield s
+
+    def read_session(self) -> Session:
+        """A session for reads, on the reading connections (`reading`)."""
+        assert self.engine is not None
+        return Session(reading(self.engine))
 
     # ------------------------------------------------------------------ health
 

@@ -6,8 +6,7 @@ from every `claim-cleared` on the bus."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
@@ -20,7 +19,6 @@ from idt_contract.events import ClearanceOutcome, OfficeId
 from idt_domain.calendar import london_date, parse_period
 from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
-from idt_runtime.db import is_sqlite, reading, write_turn
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -172,22 +170,8 @@ def create_app(settings: BdcSettings | None = None, clock: Clock | None = None) 
     runtime = ServiceRuntime(SPEC, settings, appliers=dict(handlers.APPLIERS), clock=clock)
     router = APIRouter(prefix="/v1")
 
-    @contextlib.contextmanager
-    def writing(what: str) -> Iterator[Session]:
-        """A write transaction; on SQLite in the process's write turn (`write_turn`),
-        as the consumer's commits and the relay take it: the writers then share one
-        connection, whose page cache stays valid, and SQLite's busy handler does not
-        sleep the request (idt_runtime/db.py). On PostgreSQL its row locks are
-        enough, and a request does not queue behind the consumer's commits."""
-        engine = runtime.engine
-        assert engine is not None
-        turn = write_turn(engine, what) if is_sqlite(engine) else contextlib.nullcontext()
-        with turn, Session(engine) as s, s.begin():
-            yield s
-
-    def read_session() -> Session:
-        assert runtime.engine is not None
-        return Session(reading(runtime.engine))
+    writing = runtime.writing
+    read_session = runtime.read_session
 
     def now(value: datetime | None) -> datetime:
         """The moment of a command: its `occurred_at`, never in the future, or now."""
