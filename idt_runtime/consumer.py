@@ -30,6 +30,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from time import perf_counter
@@ -179,6 +180,11 @@ class EventConsumer:
         # interleaves with another (across processes, services lock the claim's row
         # as well).
         self._seen_query = ids_in(tables.processed)  # built once (bulk.py)
+        # Commits run in a thread of their own (they take turns anyway): in the
+        # loop's default executor, shared with HTTP requests waiting for the write
+        # turn, checkpoints, trims and the health check, a commit could wait for a
+        # free thread while those held them all.
+        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{service}-commit")
         # Batches waiting for the next shared transaction (`_commit_grouped`).
         self._waiting: list[
             tuple[str, Sequence[tuple[RawEntry, Envelope]], asyncio.Future[Any]]
@@ -196,6 +202,10 @@ class EventConsumer:
 
     def stop(self) -> None:
         self._running = False
+
+    def close(self) -> None:
+        """Let the commit thread go (once stopped: a commit under way finishes)."""
+        self._commit_thread.shutdown(wait=False)
 
     @property
     def streams(self) -> list[str]:
@@ -450,7 +460,9 @@ class EventConsumer:
         """`_commit_batches`, run again when it lost a race with another replica."""
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return await asyncio.to_thread(self._commit_batches, batches)
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._commit_thread, self._commit_batches, batches
+                )
             except Exception as exc:
                 if not is_conflict(exc) or attempt == CONFLICT_RETRIES - 1:
                     raise

@@ -274,6 +274,8 @@ class ServiceRuntime:
                 "background tasks", asyncio.gather(*self._tasks, return_exceptions=True)
             )
         self._tasks.clear()
+        if self.consumer is not None:
+            self.consumer.close()
         if self.relay is not None:
             await self._bounded("outbox flush", self.relay.flush())
             self.relay.close()

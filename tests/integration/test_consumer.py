@@ -805,3 +805,29 @@ def test_a_half_open_redis_connection_does_not_hang_the_reader(redis_url, var_di
             proxy.silence()  # every connection open now goes quiet
             xadd(r, claim_registered("LATER-1"))
             wait_for(lambda: count(client, CcClaim) == 2, timeout=20)
+
+
+@pytest.mark.asyncio
+async def test_a_commit_needs_no_thread_of_the_loop_s_default_executor(redis_url, tmp_path):
+    """HTTP requests waiting for the write turn, checkpoints and trims run in the
+    loop's default executor; with every one of its threads busy, the consumer
+    still commits (in a thread of its own)."""
+    import asyncio
+    import threading
+
+    r = redis.Redis.from_url(redis_url)
+    applier = FailOn("NONE", ValueError("unused"))
+    consumer, client = await _consumer(redis_url, tmp_path, applier)
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    busy = [loop.run_in_executor(None, release.wait) for _ in range(64)]  # more than it has
+    try:
+        xadd(r, claim_registered("WHILE-BUSY"))
+        await asyncio.wait_for(_read(consumer, client), 10)
+        assert applier.applied == ["WHILE-BUSY"]
+        assert r.xpending("idt:claim-registered", "tst")["pending"] == 0
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+        consumer.close()
+        await client.aclose()
