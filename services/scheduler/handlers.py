@@ -33,7 +33,7 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
-from idt_runtime.bulk import bulk_insert, bulk_update_by_pk, ids_in
+from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
 from idt_runtime.consumer import is_infra, is_race
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
@@ -150,7 +150,6 @@ _LOCK_CLAIMS = (
 _EVENTS_OF_CLAIMS = select(_EVENTS.c.claim_id, _EVENTS.c.payload).where(
     _EVENTS.c.claim_id.in_(_IDS)
 )
-_EVENTS_STORED = ids_in(_EVENTS)
 _WINDOWS_OF_CLAIMS = select(_WINDOWS).where(_WINDOWS.c.claim_id.in_(_IDS))
 _ALERTS_OF_CLAIMS = select(_ALERTS.c.key).where(_ALERTS.c.claim_id.in_(_IDS))
 #: The sweep's two finds (`due_claims`), each by an index: claims never evaluated
@@ -234,9 +233,10 @@ class Scheduler:
                 "time_key": fact[2] if fact is not None else utc_key(ev.time),
                 "payload": ev.model_dump_json(exclude_none=True).encode(),
             }
-        have = set(session.execute(_EVENTS_STORED, {"ids": list(rows)}).scalars())
-        fresh = [row for event_id, row in rows.items() if event_id not in have]
-        bulk_insert(session, SchEvent.__table__, fresh)  # type: ignore[attr-defined]
+        # Stored as they come: the consumer hands appliers only events whose ids
+        # `sch_processed_events` does not hold, and records them there in this
+        # transaction (`SchEvent`).
+        bulk_insert(session, SchEvent.__table__, list(rows.values()))  # type: ignore[attr-defined]
         self.recompute_many(session, new_facts, new_facts=new_facts)
 
     def apply_offices(self, session: Session, events: Sequence[Envelope]) -> None:

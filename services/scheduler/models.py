@@ -13,10 +13,17 @@ PREFIX = "sch"
 
 
 class SchEvent(SQLModel, table=True):
-    """Every claim event, kept whole: a claim's windows are recomputed from these."""
+    """Every claim event, kept whole: the claim's timeline (`claim_view`), and the
+    facts of a claim stored before facts were kept (`sch_claims.facts`)."""
 
     __tablename__ = "sch_events"
-    event_id: str = Field(primary_key=True, max_length=128)
+    # Rows are appended in the order applied (`seq`, SQLite's rowid) and found by
+    # claim. The event id is neither a key nor indexed: the consumer stores an
+    # event only if its id is not in `sch_processed_events`, and records it there
+    # in the same transaction, so a second index of random ids, a page written for
+    # nearly every event, only repeated that check (10M entries after a 10M replay).
+    seq: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=128)
     claim_id: str = Field(index=True, max_length=64)
     type: str = Field(max_length=40)
     time_key: str = Field(max_length=40)

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
@@ -140,3 +142,63 @@ def test_replicas_starting_together_migrate_in_turn(tmp_path, database_url):
             ).all()
             assert len(versions) == 1, (service, versions)
     engine.dispose()
+
+
+def test_scheduler_events_keep_their_order_when_keyed_by_arrival(tmp_path, database_url):
+    """A store whose events were keyed by event id migrates to one keyed by `seq`:
+    every event kept, in the order stored, found by claim; no index on event ids
+    (each stored event wrote a page of one); and back again."""
+    spec = importlib.import_module("services.scheduler.app").SPEC
+    version_table = f"{spec.prefix}_alembic_version"
+    engine = make_engine(database_url or f"sqlite:///{tmp_path}/m.db")
+    events = sa.table(
+        "sch_events",
+        *(sa.column(c) for c in ("event_id", "claim_id", "type", "time_key", "payload")),
+    )
+    stored = [
+        {
+            "event_id": e,
+            "claim_id": c,
+            "type": "marker-set",
+            "time_key": "2026-01-01T00:00:00Z",
+            "payload": e.encode(),
+        }
+        for e, c in [("z", "C1"), ("a", "C2"), ("m", "C1")]
+    ]
+    try:
+        migrate(engine, spec.migrations, version_table, to="741cd2a64e54")
+        with engine.begin() as conn:
+            for row in stored:  # one at a time: the order they were stored in
+                conn.execute(events.insert(), [row])
+        migrate(engine, spec.migrations, version_table, to="a99be6998a94")
+        seq = sa.column("seq")
+        with engine.begin() as conn:
+            kept = conn.execute(
+                sa.select(seq, events.c.event_id, events.c.claim_id, events.c.payload)
+                .select_from(events)
+                .order_by(seq)
+            ).all()
+            assert [(e, c, bytes(p)) for _, e, c, p in kept] == [
+                ("z", "C1", b"z"),
+                ("a", "C2", b"a"),
+                ("m", "C1", b"m"),
+            ]
+            assert [s for s, *_ in kept] == sorted({s for s, *_ in kept})
+            conn.execute(events.insert(), [{**stored[0], "event_id": "new"}])  # seq given
+        inspector = sa.inspect(engine)
+        assert inspector.get_pk_constraint("sch_events")["constrained_columns"] == ["seq"]
+        assert [i["column_names"] for i in inspector.get_indexes("sch_events")] == [["claim_id"]]
+
+        with engine.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(spec.migrations))
+            cfg.attributes["connection"] = conn
+            cfg.attributes["version_table"] = version_table
+            command.downgrade(cfg, "741cd2a64e54")
+        pk = sa.inspect(engine).get_pk_constraint("sch_events")["constrained_columns"]
+        assert pk == ["event_id"]
+        with engine.begin() as conn:
+            back = conn.execute(sa.select(events.c.event_id).order_by(events.c.event_id))
+            assert list(back.scalars()) == ["a", "m", "new", "z"]
+    finally:
+        engine.dispose()
