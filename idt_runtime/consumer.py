@@ -37,7 +37,7 @@ from time import perf_counter
 from typing import Any
 
 import redis.asyncio as aredis
-from redis.exceptions import ResponseError
+from redis.exceptions import BusyLoadingError, ResponseError
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlmodel import Session
@@ -91,6 +91,13 @@ _CONFLICT_SQLSTATES = frozenset({"40001", "40P01", "23505"})
 CONFLICT_RETRIES = 5
 #: At most this many entries in one shared transaction (`_commit_grouped`).
 GROUP_MAX_ENTRIES = 5_000
+#: A stream set aside as unreadable (`EventConsumer.unreadable`) is tried again
+#: this often.
+UNREADABLE_RETRY_S = 5.0
+#: XREADGROUP at this id reads the consumer's own pending entries after it: none.
+#: So it checks that the group can read a stream (the key's type, the user's
+#: permissions, the group) without reading or redelivering anything.
+_PAST_EVERY_ENTRY = "18446744073709551615-18446744073709551615"
 
 
 def is_race(exc: BaseException) -> bool:
@@ -107,6 +114,10 @@ def is_conflict(exc: BaseException) -> bool:
     off, so a retry is harmless there (the sweeper, which isolates failing claims,
     asks `is_race` instead)."""
     return is_race(exc) or (isinstance(exc, IntegrityError) and _sqlstate(exc) is None)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -194,6 +205,10 @@ class EventConsumer:
         self._queued_outbox = False
         #: Why the last read of the streams failed; None once one succeeds.
         self.read_error: str | None = None
+        #: Streams the group cannot read (a key of another type at the stream's
+        #: name, a permission missing), set aside with Redis's reason so that the
+        #: others are still read; tried again every `UNREADABLE_RETRY_S`.
+        self.unreadable: dict[str, str] = {}
         # Batches being handled (read and not yet acked), and set while there are
         # none: when a writer that can wait (the scheduler's sweeper) takes its turn.
         self._in_hand = 0
@@ -214,13 +229,78 @@ class EventConsumer:
     # ------------------------------------------------------------------ groups
 
     async def ensure_groups(self) -> None:
-        """XGROUP CREATE <stream> <group> 0 MKSTREAM for every stream (idempotent)."""
+        """XGROUP CREATE <stream> <group> 0 MKSTREAM for every stream (idempotent).
+        A stream Redis refuses (a key of another type at its name, no permission) is
+        set aside as unreadable, not the service stopped: the others are read."""
         for stream in self.streams:
             try:
-                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+                await self._create_group(stream)
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                self._set_aside(stream, _why(exc))
+                continue
+            if stream not in self.unreadable:  # a series from the start, for the alert
+                self.metrics.stream_unreadable.labels(self.service, stream).set(0)
+
+    async def _create_group(self, stream: str) -> None:
+        try:
+            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _set_aside(self, stream: str, why: str) -> None:
+        if self.unreadable.get(stream) != why:
+            log.error("%s: cannot read %s (%s); reading the other streams, trying it again "
+                      "every %.0f s", self.service, stream, why, UNREADABLE_RETRY_S)  # fmt: skip
+        self.unreadable[stream] = why
+        self.metrics.stream_unreadable.labels(self.service, stream).set(1)
+
+    async def _why_unreadable(self, stream: str) -> str | None:
+        """None if the group can read `stream` now (its group created if it was
+        missing), else Redis's reason. Connection errors are raised."""
+        try:
+            try:
+                await self.redis.xreadgroup(
+                    self.group, self.consumer, {stream: _PAST_EVERY_ENTRY}, count=1
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
                     raise
+                await self._create_group(stream)  # the other key was deleted, say
+        except ResponseError as exc:
+            return _why(exc)
+        return None
+
+    async def _set_aside_unreadable(self, streams: Sequence[str]) -> bool:
+        """After a read of `streams` failed with an error of Redis's: check each
+        alone, set aside those the group cannot read; True if any were."""
+        found = False
+        for stream in streams:
+            why = await self._why_unreadable(stream)
+            if why is not None:
+                self._set_aside(stream, why)
+                found = True
+        return found
+
+    async def _readmit(self) -> None:
+        """Try the streams set aside again; read those that can be read now."""
+        for stream in list(self.unreadable):
+            why = await self._why_unreadable(stream)
+            if why is None:
+                del self.unreadable[stream]
+                self.metrics.stream_unreadable.labels(self.service, stream).set(0)
+                log.warning("%s: %s can be read again", self.service, stream)
+            else:
+                self._set_aside(stream, why)
+
+    def reading_problem(self) -> str | None:
+        """What /health reports of reading: the last read's error, or the streams
+        set aside; None when every stream is being read."""
+        if self.read_error:
+            return self.read_error
+        if self.unreadable:
+            return "cannot read " + "; ".join(f"{s} ({why})" for s, why in self.unreadable.items())
+        return None
 
     # ------------------------------------------------------------------ reading
 
@@ -239,12 +319,21 @@ class EventConsumer:
         a stream deleted): the groups are created again at 0. Stops after the read
         under way once `stop()` was called, waiting for the reads being handled;
         cancelled, it cancels them (their entries stay pending)."""
-        streams: dict[Any, Any] = {s: ">" for s in self.streams}
         handling: set[asyncio.Task[None]] = set()
+        streams: dict[Any, Any] = {}
         pause = 0.0
+        loop = asyncio.get_running_loop()
+        retry_at = loop.time() + UNREADABLE_RETRY_S
         try:
             while self._running:
                 try:
+                    if self.unreadable and loop.time() >= retry_at:
+                        retry_at = loop.time() + UNREADABLE_RETRY_S
+                        await self._readmit()
+                    streams = {s: ">" for s in self.streams if s not in self.unreadable}
+                    if not streams:  # every stream set aside: wait for the next try
+                        await asyncio.sleep(max(0.0, retry_at - loop.time()))
+                        continue
                     resp = await self.redis.xreadgroup(
                         self.group, self.consumer, streams, count=self.batch_size, block=block_ms
                     )
@@ -255,7 +344,7 @@ class EventConsumer:
                     # Redis away or loading, a group missing, a permission denied:
                     # nothing read is lost (unacked entries stay pending); read again
                     # after a growing pause, the error shown by /health meanwhile.
-                    self.read_error = f"{type(exc).__name__}: {exc}"
+                    self.read_error = _why(exc)
                     pause = min(5.0, max(0.05, pause * 2))
                     if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         log.error("%s: consumer group missing (Redis emptied?); recreating",
@@ -265,6 +354,13 @@ class EventConsumer:
                             pause = 0.0
                             await asyncio.sleep(0.05)
                             continue
+                    if isinstance(exc, ResponseError) and not isinstance(exc, BusyLoadingError):
+                        # One stream Redis refuses fails the read of all of them: find
+                        # it, and read the others.
+                        with contextlib.suppress(Exception):
+                            if await self._set_aside_unreadable(list(streams)):
+                                pause, self.read_error = 0.0, None
+                                continue
                     log.warning("%s: reading the streams failed (%s); again in %.2fs",
                                 self.service, self.read_error, pause)  # fmt: skip
                     await asyncio.sleep(pause)
@@ -574,16 +670,24 @@ class EventConsumer:
         """Claim and process entries idle longer than `reclaim_idle_ms`; returns how many."""
         total = 0
         for stream in self.streams:
+            if stream in self.unreadable:
+                continue  # the reader tries it again
             start: bytes | str = "0-0"
             while True:
-                resp = await self.redis.xautoclaim(
-                    stream,
-                    self.group,
-                    self.consumer,
-                    min_idle_time=self.reclaim_idle_ms,
-                    start_id=start,
-                    count=self.batch_size,
-                )
+                try:
+                    resp = await self.redis.xautoclaim(
+                        stream,
+                        self.group,
+                        self.consumer,
+                        min_idle_time=self.reclaim_idle_ms,
+                        start_id=start,
+                        count=self.batch_size,
+                    )
+                except ResponseError as exc:
+                    if "NOGROUP" in str(exc) or (why := await self._why_unreadable(stream)) is None:
+                        raise
+                    self._set_aside(stream, why)  # the other streams are still reclaimed
+                    break
                 start, claimed = resp[0], resp[1]
                 if claimed:
                     total += len(claimed)

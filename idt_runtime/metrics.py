@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from redis.exceptions import ResponseError
 
 
 class RuntimeMetrics:
@@ -106,6 +107,14 @@ class RuntimeMetrics:
             ["service"],
             registry=r,
         )
+        self.stream_unreadable = Gauge(
+            "idt_stream_unreadable",
+            "1 while the service cannot read the stream (a key of another type at its "
+            "name, a permission missing: /health and the log give Redis's reason); its "
+            "other streams are read meanwhile.",
+            ["service", "stream"],
+            registry=r,
+        )
         self.consumer_up = Gauge(
             "idt_consumer_up",
             "1 while every subscriber of the service is reading.",
@@ -148,7 +157,11 @@ class StreamCollector:
         )
         try:
             for stream in self.streams:
-                for g in self.client.xinfo_groups(stream):
+                try:
+                    groups = self.client.xinfo_groups(stream)
+                except ResponseError:  # not a stream: the others are still counted
+                    continue
+                for g in groups:
                     if g["name"].decode() != self.group:
                         continue
                     pending.add_metric([self.service, stream], g["pending"])

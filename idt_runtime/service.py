@@ -347,9 +347,9 @@ class ServiceRuntime:
             checks["database"] = f"error: {exc!r}"
         running = self.subscribers_running()
         self.metrics.consumer_up.labels(self.spec.name).set(1 if running else 0)
-        read_error = self.consumer.read_error if self.consumer is not None else None
+        problem = self.consumer.reading_problem() if self.consumer is not None else None
         checks["subscribers"] = (
-            "stopped" if not running else f"error: {read_error}" if read_error else "ok"
+            "stopped" if not running else f"error: {problem}" if problem else "ok"
         )
         status = "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return {"service": self.spec.name, "status": status, "checks": checks}

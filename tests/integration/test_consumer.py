@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -231,6 +232,27 @@ def test_redis_emptied_under_a_running_service_recovers(cc, r):
     xadd(r, claim_registered("AFTER-1"))
     wait_for(lambda: count(cc, CcClaim) == 2, timeout=20)
     wait_for(lambda: cc.get("/health").status_code == 200)
+
+
+def test_a_stream_redis_refuses_degrades_health_and_the_others_are_read(cc, r, monkeypatch):
+    import idt_runtime.consumer as consumer_module
+
+    monkeypatch.setattr(consumer_module, "UNREADABLE_RETRY_S", 0.2)
+    bad = next(s for s in cc.app.state.runtime.consumer.streams if s != "idt:claim-registered")
+    r.delete(bad)
+    r.set(bad, "not a stream")  # an operator's mistake, say
+    time.sleep(0.3)  # the reader meets it
+    xadd(r, claim_registered("REFUSED-1"))
+    wait_for(lambda: count(cc, CcClaim) == 1)
+    health = cc.get("/health")
+    assert health.status_code != 200 and health.json()["status"] == "degraded"
+    assert bad in health.json()["checks"]["subscribers"]
+    assert "WRONGTYPE" in health.json()["checks"]["subscribers"]
+    gauge = f'idt_stream_unreadable{{service="contact_centre",stream="{bad}"}} 1.0'
+    assert gauge in cc.get("/metrics").text
+    r.delete(bad)
+    wait_for(lambda: cc.get("/health").status_code == 200, timeout=15)
+    assert gauge.replace(" 1.0", " 0.0") in cc.get("/metrics").text
 
 
 # ---------------------------------------------------------------- poison entries
@@ -550,6 +572,80 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
         assert calls == [["c1", "c2", "m1"]]
         await _until(lambda: all(r.xpending(s, "one")["pending"] == 0 for s in streams))
         assert consumer.read_error is None
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(reader, 10)
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("from_the_start", [False, True])
+async def test_a_stream_redis_refuses_is_set_aside_and_the_others_are_still_read(
+    redis_url, tmp_path, monkeypatch, from_the_start
+):
+    """A key of another type at one stream's name (WRONGTYPE) fails a read of all
+    the streams: that stream is set aside, with Redis's reason in /health's words
+    and `idt_stream_unreadable`, the others are read and reclaimed, their pending
+    entries counted; once the key is gone, the stream is read again. The same when
+    the key is there before the service starts."""
+    import idt_runtime.consumer as consumer_module
+    from idt_runtime.metrics import StreamCollector
+
+    monkeypatch.setattr(consumer_module, "UNREADABLE_RETRY_S", 0.2)
+    applied: list[str] = []
+
+    def applier(session, events):
+        applied.extend(e.id for e in events)
+
+    tables, engine = runtime_store("bad", tmp_path / "bad.db")
+    client = redis.asyncio.from_url(redis_url)
+    good, bad = "idt:claim-registered", "idt:marker-set"
+    metrics = RuntimeMetrics("bad")
+    consumer = EventConsumer(
+        service="bad", group="bad", consumer="bad-1", redis=client, engine=engine,
+        tables=tables, appliers=dict.fromkeys([good, bad], applier), metrics=metrics,
+    )  # fmt: skip
+    r = redis.Redis.from_url(redis_url)
+
+    def unreadable_gauge() -> float | None:
+        labels = {"service": "bad", "stream": bad}
+        return metrics.registry.get_sample_value("idt_stream_unreadable", labels)
+
+    if from_the_start:
+        r.set(bad, "not a stream")
+    await consumer.ensure_groups()
+    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=5))
+    try:
+        if not from_the_start:
+            xadd(r, claim_registered("BAD-1", event_id="c1"))
+            await _until(lambda: applied == ["c1"])
+            r.delete(bad)
+            r.set(bad, "not a stream")
+            await asyncio.sleep(0.3)  # reads (blocking 50 ms each) meet the key first
+        xadd(r, claim_registered("BAD-2", event_id="c2"))
+        await _until(lambda: "c2" in applied)
+        assert "WRONGTYPE" in consumer.unreadable[bad]
+        assert list(consumer.unreadable) == [bad]
+        problem = consumer.reading_problem()
+        assert problem is not None and bad in problem and "WRONGTYPE" in problem
+        assert unreadable_gauge() == 1
+        assert await consumer.reclaim_once() == 0  # the good stream's round is not stopped
+        collector = StreamCollector("bad", redis_url, "bad", [bad, good])
+        try:
+            pending = next(m for m in collector.collect() if m.name == "idt_consumer_pending")
+            assert [s.labels["stream"] for s in pending.samples] == [good]
+        finally:
+            collector.close()
+
+        r.delete(bad)
+        xadd(r, marker("BAD-2", "JC0101", event_id="m1"))  # a new stream, no group yet
+        await _until(lambda: "m1" in applied)
+        assert consumer.unreadable == {}
+        assert consumer.reading_problem() is None
+        assert unreadable_gauge() == 0
+        await _until(lambda: all(r.xpending(s, "bad")["pending"] == 0 for s in (good, bad)))
     finally:
         consumer.stop()
         await asyncio.wait_for(reader, 10)
