@@ -30,11 +30,12 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from time import perf_counter
 from types import FrameType
+from typing import Any
 
 import httpx
 import psutil
@@ -211,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="length of the latency phase (default 60, --quick 5; 0 skips it)",
     )
     phases.add_argument(
+        "--trim-before-latency",
+        action="store_true",
+        help="before the latency phase, delete from the consumed streams what every group "
+        "has acked (the stream trimmer with no retention) and purge Redis's freed memory: "
+        "in operation the trimmer keeps days, not a replay's backlog",
+    )
+    phases.add_argument(
         "--latency-rate",
         type=float,
         default=float(LATENCY_RATE),
@@ -290,6 +298,8 @@ class Config:
     reproduce: str
     #: Settings every service gets (name without IDT_, lowercase -> value).
     service_settings: tuple[tuple[str, str], ...] = ()
+    #: Trim the acked backlog from Redis before the latency phase.
+    trim_before_latency: bool = False
 
 
 _SETTING = re.compile(r"(?:IDT_)?([A-Za-z][A-Za-z0-9_]*)=(.*)", re.DOTALL)
@@ -345,6 +355,33 @@ def config_from(args: argparse.Namespace, argv: list[str]) -> Config:
         command=command,
         reproduce=reproduce,
         service_settings=tuple(args.service_setting),
+        trim_before_latency=args.trim_before_latency,
+    )
+
+
+def trim_acked(client: redis.Redis) -> tuple[int, str]:
+    """Delete what every group has acked from the consumed streams (the stream
+    trimmer's `trim_once` with the cut-off at Redis's own now) and have Redis give
+    the freed memory back (MEMORY PURGE): the entries deleted, and a sentence for
+    the report (`--trim-before-latency`)."""
+    from idt_cli.trim import trim_once, trimmed_streams
+
+    before = client.info("memory")
+    seconds, micros = client.time()
+    done = trim_once(client, trimmed_streams(), seconds * 1000 + micros // 1000)
+    client.memory_purge()
+    after = client.info("memory")
+    deleted = sum(t.deleted for t in done)
+
+    def mib(info: dict[str, Any], key: str) -> str:
+        return f"{info[key] / 2**20:,.0f}"
+
+    return deleted, (
+        "Before it the consumed streams were trimmed as the stream trimmer would with no "
+        f"retention (`--trim-before-latency`): {deleted:,} entries every group had acked "
+        f"were deleted; Redis `used_memory` {mib(before, 'used_memory')} → "
+        f"{mib(after, 'used_memory')} MiB, RSS {mib(before, 'used_memory_rss')} → "
+        f"{mib(after, 'used_memory_rss')} MiB (after MEMORY PURGE)."
     )
 
 
@@ -576,7 +613,10 @@ class Bench:
             )
             stack.start_services()
             throughput = self.throughput_phase(stack, client, log, label, profile)
-            latency = self.latency_phase(stack, client) if with_latency else None
+            latency = None
+            if with_latency:
+                trimmed = self.trim_phase(client) if cfg.trim_before_latency else ""
+                latency = replace(self.latency_phase(stack, client), prepared=trimmed)
             stack.check_alive()
             client.close()
             return Run(label, throughput, limit), latency
@@ -787,6 +827,11 @@ class Bench:
             else:
                 section.problems.append(f"pyinstrument wrote no report for {r.label}")
         return section
+
+    def trim_phase(self, client: redis.Redis) -> str:
+        deleted, note = trim_acked(client)
+        self.console.print(f"Trimmed {deleted:,} acked entries before the latency phase")
+        return note
 
     def latency_phase(self, stack: BenchStack, client: redis.Redis) -> Latency:
         from idt_cli.demo import at

@@ -195,6 +195,8 @@ class Latency:
     #: Per slice of the phase (`slices`, in order): each process's (label, CPU
     #: seconds, bytes read from storage or None where the system does not say).
     activity: tuple[tuple[tuple[str, float, int | None], ...], ...] = ()
+    #: What was done to the stack just before the phase (`--trim-before-latency`).
+    prepared: str = ""
 
     def slices(self, count: int = LATENCY_SLICES) -> list[tuple[float, float, tuple[float, ...]]]:
         """The samples by when their probe was published, in `count` equal slices
@@ -606,7 +608,8 @@ def _latency(r: Results) -> list[str]:
         f"{secs(lat.seconds)}, with one clock tick half-way (business time moves a day: at "
         "a national ~80k events a day, a minute at this rate holds at most one). A reader "
         "blocked in XREAD on every office's alert stream notes when each claim's first "
-        "WINDOW_OPENED lands (one clock, same process).",
+        "WINDOW_OPENED lands (one clock, same process)."
+        + (f" {lat.prepared}" if lat.prepared else ""),
         "",
     ]
     if not lat.samples_ms:

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
 from bench import profiling, synth
-from bench.cli import build_parser, config_from, parse_count
+from bench.cli import build_parser, config_from, parse_count, trim_acked
 from bench.phases import (
     clearance_line,
     make_probes,
@@ -209,6 +210,28 @@ def test_config_presets() -> None:
     assert "make bench ARGS=--quick" in quick.reproduce
     scaling = config_from(parser.parse_args(["--scaling"]), ["--scaling"])
     assert scaling.sizes == (100_000, 1_000_000, 10_000_000)
+
+
+def test_trim_before_latency_deletes_only_what_every_group_acked(r) -> None:
+    """`--trim-before-latency`: the consumed streams lose what every group acked,
+    nothing a group has not (pending or unread), and the report says how much."""
+    parser = build_parser()
+    assert not config_from(parser.parse_args([]), []).trim_before_latency
+    flag = ["--trim-before-latency"]
+    assert config_from(parser.parse_args(flag), flag).trim_before_latency
+    stream = "idt:claim-registered"
+    r.xgroup_create(stream, "bdc", id="0", mkstream=True)
+    r.xgroup_create(stream, "scheduler", id="0")
+    ids = [r.xadd(stream, {"__data__": b"{}"}) for _ in range(5)]
+    for group in ("bdc", "scheduler"):
+        r.xreadgroup(group, "c1", {stream: ">"}, count=4)  # the fifth unread by both
+    r.xack(stream, "bdc", *ids[:4])
+    r.xack(stream, "scheduler", *ids[:2])  # the third and fourth still pending
+    deleted, note = trim_acked(r)
+    assert deleted == 2
+    assert [i for i, _ in r.xrange(stream)] == ids[2:]
+    assert "2 entries every group had acked were deleted" in note
+    assert "MEMORY PURGE" in note
 
 
 def test_metric_sums_over_label_sets() -> None:
@@ -541,6 +564,10 @@ def test_the_latency_report_shows_what_each_process_did_in_each_slice() -> None:
     assert "| published | scheduler | scoring |" in text
     assert "| 0 to 10 s | 3.5 s, 750.0 MiB | 1.0 s, ? |" in text
     assert "| 50 to 60 s | 2.0 s, 0.0 MiB | 1.0 s, ? |" in text
+    trimmed = replace(lat, prepared="Before it the consumed streams were trimmed (test).")
+    assert "(one clock, same process). Before it the consumed streams were trimmed (test)." in (
+        render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], trimmed))
+    )
     # No activity sampled (an older run): no such table.
     plain = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], LATENCY))
     assert "What each process did" not in plain
