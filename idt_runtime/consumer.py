@@ -20,6 +20,9 @@
   a non-infrastructure error it is dead-lettered with that error as the reason.
 - Database unavailability (SQLAlchemy OperationalError/InterfaceError) never
   dead-letters: the entry stays pending and is retried when the database is back.
+- A stream Redis refuses (a key of another type at its name, a permission
+  missing) is set aside (`unreadable`) and tried again every few seconds; the
+  service's other streams are read meanwhile.
 """
 
 from __future__ import annotations
