@@ -99,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks here")
     args = ap.parse_args(argv)
     if args.profile is not None and not os.environ.get("IDT_BENCH_ALONE_CHILD"):
-        import shutil
         import subprocess
 
-        spy = shutil.which("py-spy")
+        from .profiling import pyspy_binary
+
+        spy = pyspy_binary()  # the venv's own, found without the venv on PATH
         if spy is None:
             ap.error("--profile needs py-spy (pip install py-spy)")
         cmd = [spy, "record", "-r", "200", "-f", "raw", "-o", str(args.profile), "--"]

@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--trim-before-latency",
         action="store_true",
         help="before the latency phase, delete from the consumed streams what every group "
-        "has acked (the stream trimmer with no retention) and purge Redis's freed memory: "
-        "in operation the trimmer keeps days, not a replay's backlog",
+        "has acked (the stream trimmer with no retention) and ask Redis to give the memory "
+        "back (MEMORY PURGE): in operation the trimmer keeps days, not a replay's backlog",
     )
     phases.add_argument(
         "--latency-rate",
