@@ -19,7 +19,7 @@ from sqlmodel import Session
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
 from idt_runtime.consumer import is_infra, is_race
-from idt_runtime.db import reading, write_turn
+from idt_runtime.db import write_turn
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -89,7 +89,7 @@ class WindowsCollector:
             labels=["element", "district"],
         )
         if self.runtime.engine is not None:
-            with Session(reading(self.runtime.engine)) as s:
+            with self.runtime.read_session() as s:
                 opened, at_risk = handlers.open_windows_by_district(s, self.closing_days)
             for (element, district), n in sorted(opened.items()):
                 open_.add_metric([element, district], n)
@@ -133,7 +133,7 @@ def due_sweeper(
                     held += perf_counter() - began
 
         if failing:
-            with Session(reading(engine)) as s:
+            with runtime.read_session() as s:
                 today = handlers.business_date(s)
             for claim_id, day in list(failing.items()):
                 if day != today:
@@ -148,7 +148,7 @@ def due_sweeper(
                 raise  # the database away, or a replica got there first: next time
             log.warning("scheduler: a sweep chunk failed (%r); one claim at a time", exc)
         # A claim in the chunk cannot be evaluated: one claim at a time, to find it.
-        with Session(reading(engine)) as s:
+        with runtime.read_session() as s:
             as_of = handlers.business_date(s)
             due = handlers.due_claims(s, as_of, handlers.SWEEP_CHUNK + len(skip)) if as_of else []
         done = 0
@@ -209,9 +209,7 @@ def create_app(settings: SchedulerSettings | None = None, clock: Clock | None = 
     runtime.metrics.registry.register(WindowsCollector(runtime, settings.closing_alert_days))  # type: ignore[arg-type]
     router = APIRouter(prefix="/v1")
 
-    def session() -> Session:  # the queries only read
-        assert runtime.engine is not None
-        return Session(reading(runtime.engine))
+    session = runtime.read_session  # the queries only read
 
     @router.get("/claims/{claim_id}", tags=["queries"], responses={404: NOT_FOUND})
     def claim(claim_id: ClaimId) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session
 
 from idt_runtime.clock import Clock
-from idt_runtime.db import reading
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -72,7 +71,7 @@ class ScoresCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.runtime.engine is None:
             return
-        with Session(reading(self.runtime.engine)) as s:
+        with self.runtime.read_session() as s:
             yield from self._collect(s)
 
     def _collect(self, s: Session) -> Iterator[Metric]:
@@ -200,9 +199,7 @@ def create_app(settings: ScoringSettings | None = None, clock: Clock | None = No
     runtime.metrics.registry.register(ScoresCollector(runtime, targets))
     router = APIRouter(prefix="/v1")
 
-    def session() -> Session:  # the queries only read
-        assert runtime.engine is not None
-        return Session(reading(runtime.engine))
+    session = runtime.read_session  # the queries only read
 
     def period_of(text: str | None) -> domain.Period:
         if text is None:
