@@ -63,6 +63,7 @@ from .phases import (
     peak_rate,
     publish_log,
     rate_between,
+    redis_cpu_seconds,
     run_latency,
     wait_drained,
 )
@@ -643,7 +644,9 @@ class Bench:
             )
         self.console.print(
             f"Limit: pipelined XADD {rate(limit.xadd_rate)}, XREADGROUP COUNT 500 + XACK "
-            f"{rate(limit.read_ack_rate)} ({entries:,} entries of {limit.entry_bytes:,.0f} B)"
+            f"{rate(limit.read_ack_rate)} ({entries:,} entries of {limit.entry_bytes:,.0f} B; "
+            f"Redis's CPU {limit.xadd_cpu_us or 0:.2f} µs an XADD, "
+            f"{limit.read_ack_cpu_us or 0:.2f} µs a read+ack)"
         )
         return limit
 
@@ -677,6 +680,7 @@ class Bench:
             with _progress(self.console) as progress:
                 task = progress.add_task("Publishing", total=log.events)
                 metrics.start(perf_counter())
+                redis_cpu = redis_cpu_seconds(client)
                 published = publish_log(
                     client, log.path, on_events=lambda k: progress.advance(task, k)
                 )
@@ -702,6 +706,7 @@ class Bench:
                     on_poll=on_poll,
                 )
                 progress.update(behind, description="Consumed: every group drained")
+                redis_cpu = redis_cpu_seconds(client) - redis_cpu
         finally:
             metrics.stop()
             samples = rss.stop()
@@ -774,6 +779,7 @@ class Bench:
             redis_peak_memory=int(memory["used_memory_peak"]),
             derived=derived,
             stores=tuple(stores),
+            redis_cpu_s=redis_cpu,
         )
         self.console.print(
             f"End to end: [bold]{rate(result.e2e_rate)}[/] ({published.events:,} events in "

@@ -53,6 +53,12 @@ def xadd(pipe: Any, stream: str, line: bytes) -> None:
     pipe.execute_command("XADD", stream, "*", "__data__", line)
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """Redis's own CPU time so far: user + system, all its threads (`INFO cpu`)."""
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def measure_limit(
     client: redis.Redis,
     lines: list[bytes],
@@ -62,11 +68,13 @@ def measure_limit(
 ) -> Limit:
     """Pipelined XADD of `entries` real log lines (cycled) to a fresh stream, then
     one client reading them with `XREADGROUP COUNT <batch>` and acking each batch
-    with XACK; the stream is deleted afterwards. Rates in entries per second."""
+    with XACK; the stream is deleted afterwards. Rates in entries per second, and
+    Redis's own CPU per entry in each part (nothing else uses the server then)."""
     if not lines:
         raise ValueError("the limit needs sample lines")
     client.delete(LIMIT_KEY)
     pipe = client.pipeline(transaction=False)
+    cpu = redis_cpu_seconds(client)
     began = perf_counter()
     for i in range(entries):
         xadd(pipe, LIMIT_KEY, lines[i % len(lines)])
@@ -76,8 +84,10 @@ def measure_limit(
                 on_progress(batch)
     pipe.execute()
     xadd_s = perf_counter() - began
+    xadd_cpu = redis_cpu_seconds(client) - cpu
     client.xgroup_create(LIMIT_KEY, LIMIT_GROUP, id="0")
     read = 0
+    cpu = redis_cpu_seconds(client)
     began = perf_counter()
     while True:
         resp: Any = client.xreadgroup(LIMIT_GROUP, "c1", {LIMIT_KEY: ">"}, count=batch)
@@ -91,9 +101,17 @@ def measure_limit(
         if on_progress is not None:
             on_progress(len(ids))
     read_s = perf_counter() - began
+    read_cpu = redis_cpu_seconds(client) - cpu
     client.delete(LIMIT_KEY)
     mean = sum(len(line) for line in lines) / len(lines)
-    return Limit(entries, mean, entries / xadd_s, read / read_s if read_s > 0 else 0.0)
+    return Limit(
+        entries,
+        mean,
+        entries / xadd_s,
+        read / read_s if read_s > 0 else 0.0,
+        xadd_cpu_us=xadd_cpu * 1e6 / entries,
+        read_ack_cpu_us=read_cpu * 1e6 / read if read else None,
+    )
 
 
 # --------------------------------------------------------------------------- replay

@@ -139,6 +139,9 @@ class Throughput:
     #: Stream -> entries the services derived (window outcomes, alerts).
     derived: tuple[tuple[str, int], ...]
     stores: tuple[Store, ...]
+    #: Redis's own CPU (INFO cpu: user + system, all its threads) from the first
+    #: publish until every group had drained.
+    redis_cpu_s: float | None = None
 
     @property
     def publish_rate(self) -> float:
@@ -152,6 +155,24 @@ class Throughput:
     def cpu_seconds(self) -> float:
         return sum(p.cpu_seconds for p in self.processes)
 
+    @property
+    def xadds_per_event(self) -> float:
+        """Entries Redis stored per event of the log: the event itself and what the
+        services derived from it (window outcomes, alerts)."""
+        return (self.events + sum(c for _, c in self.derived)) / max(self.events, 1)
+
+    @property
+    def reads_per_event(self) -> float:
+        """Entries read and acked per event of the log, over every service's group."""
+        return sum(s.consumed for s in self.services) / max(self.events, 1)
+
+    @property
+    def redis_cpu_us(self) -> float | None:
+        """Redis's CPU per event of the log in this replay."""
+        if self.redis_cpu_s is None or self.events <= 0:
+            return None
+        return self.redis_cpu_s * 1e6 / self.events
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -159,6 +180,9 @@ class Limit:
     entry_bytes: float
     xadd_rate: float
     read_ack_rate: float
+    #: Redis's own CPU per entry (INFO cpu) in each part of the limit phase.
+    xadd_cpu_us: float | None = None
+    read_ack_cpu_us: float | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +196,16 @@ class Run:
         if self.limit.read_ack_rate <= 0:
             return 0.0
         return self.throughput.e2e_rate / self.limit.read_ack_rate
+
+    @property
+    def redis_floor_us(self) -> float | None:
+        """Redis's CPU per event of the log had every command cost what it cost in the
+        limit phase (full pipelines and batches, nothing else): the replay's XADDs and
+        reads+acks per event at the limit's price of each."""
+        t, lim = self.throughput, self.limit
+        if lim.xadd_cpu_us is None or lim.read_ack_cpu_us is None:
+            return None
+        return t.xadds_per_event * lim.xadd_cpu_us + t.reads_per_event * lim.read_ack_cpu_us
 
 
 #: The latency phase is reported in this many equal slices.
@@ -432,7 +466,7 @@ def render(results: Results) -> str:
     for note in r.notes:
         lines.append(f"> {note}")
         lines.append("")
-    lines += _goals(r) + _machine(r) + _throughput(r) + _services(r) + _limit(r)
+    lines += _goals(r) + _machine(r) + _throughput(r) + _services(r) + _limit(r) + _redis(r)
     lines += _latency(r) + _memory(r) + _stores(r) + _scaling(r) + _profile(r)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -587,6 +621,66 @@ def _limit(r: Results) -> list[str]:
                 "XREADGROUP+XACK",
                 "pipeline end to end",
                 "ratio pipeline/limit",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _ceiling(us: float | None, limit: Limit) -> str:
+    """The events/s one Redis can carry at `us` of its CPU per event, and that as a
+    share of the raw limit."""
+    if not us or us <= 0:
+        return "(not measured)"
+    cap = 1e6 / us
+    share = f" ({cap / limit.read_ack_rate:.0%} of the limit)" if limit.read_ack_rate > 0 else ""
+    return f"{rate(cap)}{share}"
+
+
+def _redis(r: Results) -> list[str]:
+    rows = []
+    for run in r.runs:
+        t, lim = run.throughput, run.limit
+        measured, floor = t.redis_cpu_us, run.redis_floor_us
+        rows.append(
+            [
+                run.label,
+                f"{t.xadds_per_event:.2f}",
+                f"{t.reads_per_event:.2f}",
+                f"{lim.xadd_cpu_us:.2f} / {lim.read_ack_cpu_us:.2f} µs"
+                if lim.xadd_cpu_us is not None and lim.read_ack_cpu_us is not None
+                else "(not measured)",
+                f"{measured:,.1f} µs" if measured is not None else "(not measured)",
+                _ceiling(measured, lim),
+                f"{floor:,.1f} µs" if floor is not None else "(not measured)",
+                _ceiling(floor, lim),
+            ]
+        )
+    return [
+        "## Redis's share: the ceiling it sets",
+        "",
+        "The raw limit reads and acks each entry once. In the pipeline every event of "
+        "the log is stored once, read and acked by each service that keeps a view of it, "
+        "and followed by what the services derive from it (window outcomes, alerts), "
+        "stored and read again. Redis executes commands on one thread, so its CPU per "
+        "event caps the end-to-end rate whatever the services do: at its CPU per event "
+        "measured in this replay (which includes small reads once a group has caught up, "
+        "the services' /metrics queries and the bench's own polling), and at the cost "
+        "each XADD and each read+ack had in the limit phase (full pipelines and "
+        "batches: the best Redis can do for this fan-out). Redis's CPU is its own "
+        "account (`INFO cpu`, user + system, all its threads).",
+        "",
+        *table(
+            [
+                "replay",
+                "entries stored per event",
+                "entries read+acked per event",
+                "Redis CPU per XADD / per read+ack (limit phase)",
+                "Redis CPU per event (replay)",
+                "one Redis carries at most",
+                "Redis CPU per event at the limit's cost",
+                "one Redis carries at most (best case)",
             ],
             rows,
         ),

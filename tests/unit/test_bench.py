@@ -17,8 +17,10 @@ import pytest
 from bench import profiling, synth
 from bench.cli import build_parser, config_from, parse_count, trim_acked
 from bench.phases import (
+    LIMIT_KEY,
     clearance_line,
     make_probes,
+    measure_limit,
     peak_rate,
     rate_between,
     registration_lines,
@@ -234,6 +236,19 @@ def test_trim_before_latency_deletes_only_what_every_group_acked(r) -> None:
     assert "MEMORY PURGE" in note
 
 
+def test_the_limit_phase_measures_redis_own_cpu_per_entry(r) -> None:
+    """Redis's CPU per XADD and per read+ack comes from its own account (INFO cpu),
+    and the limit's stream is gone afterwards."""
+    lines = [b'{"n":%d,"pad":"%s"}' % (i, b"x" * 200) for i in range(50)]
+    lim = measure_limit(r, lines, 3_000)
+    assert lim.entries == 3_000 and lim.xadd_rate > 0 and lim.read_ack_rate > 0
+    assert lim.xadd_cpu_us is not None and lim.read_ack_cpu_us is not None
+    # Some CPU, and not absurdly much: the server's whole time is well under a
+    # millisecond an entry (a wrong unit would be off by 10^6).
+    assert 0 < lim.xadd_cpu_us < 1_000 and 0 < lim.read_ack_cpu_us < 1_000
+    assert not r.exists(LIMIT_KEY)
+
+
 def test_metric_sums_over_label_sets() -> None:
     text = (
         "# HELP idt_events_consumed_total x\n"
@@ -399,7 +414,8 @@ def test_results_md_has_every_section_with_numbers() -> None:
     assert text.startswith("# IDT benchmark results\n\nReproduce:\n\n```sh\npython -m bench")
     for heading in (
         "## Goals", "## Machine", "## Throughput (end to end)", "## Per-service consumption",
-        "## Machine limit", "## Latency", "## Peak memory per process", "## Stores",
+        "## Machine limit", "## Redis's share", "## Latency", "## Peak memory per process",
+        "## Stores",
         "## Scaling", "## Profile: where time goes", "### scheduler",
     ):  # fmt: skip
         assert f"\n{heading}" in text, heading
@@ -418,6 +434,28 @@ def test_results_md_has_every_section_with_numbers() -> None:
     for block in re.findall(r"((?:^\|.*\|\n)+)", text, flags=re.M):
         widths = {row.count("|") for row in block.splitlines()}
         assert len(widths) == 1, block
+
+
+def test_redis_ceiling_from_its_cpu_per_event_and_the_limits_cost() -> None:
+    run = a_run(1_000_000, 200.0, 60_000.0, (150 * MiB, 151 * MiB))
+    # 1M events; derived 500,000 + 99 entries; the services read 1M + 1.5M entries.
+    t = replace(run.throughput, redis_cpu_s=40.0)  # 40 µs an event
+    lim = replace(run.limit, xadd_cpu_us=2.0, read_ack_cpu_us=4.0)
+    run = replace(run, throughput=t, limit=lim)
+    assert t.xadds_per_event == pytest.approx(1.500099)
+    assert t.reads_per_event == pytest.approx(2.5)
+    assert t.redis_cpu_us == pytest.approx(40.0)
+    assert run.redis_floor_us == pytest.approx(1.500099 * 2.0 + 2.5 * 4.0)
+    text = render(results([run], None))
+    section = text.split("## Redis's share")[1].split("\n## ")[0]
+    # 1e6 / 40 µs = 25,000/s, 42% of 60,000/s; the best case 1e6 / 13.0 µs.
+    assert (
+        "| 1M | 1.50 | 2.50 | 2.00 / 4.00 µs | 40.0 µs | 25,000/s (42% of the limit) |" in section
+    )
+    assert "| 13.0 µs | 76,922/s (128% of the limit) |" in section
+    # Older numbers without Redis's CPU say so instead of inventing it.
+    bare = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], None))
+    assert "(not measured)" in bare.split("## Redis's share")[1].split("\n## ")[0]
 
 
 def test_results_md_without_optional_phases_says_how_to_run_them() -> None:
