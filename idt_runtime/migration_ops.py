@@ -33,3 +33,32 @@ def restore_outbox_event_id_unique(table: str) -> None:
             b.create_unique_constraint(f"uq_{table}_event_id", ["event_id"])
         return
     op.create_unique_constraint(f"{table}_event_id_key", table, ["event_id"])
+
+
+def index_outbox_pending(table: str) -> None:
+    """Index the outbox's waiting rows apart (`ix_<table>_pending`, on `seq`, of
+    the rows not yet published) and the published ones by when (the index on
+    `published_at` becomes partial: only published rows). The relay's query for
+    its next batch then reads only waiting rows; with the one index on
+    `published_at`, PostgreSQL walked an entry for every row's unpublished
+    version not yet vacuumed (idt_runtime/db.py, runtime_tables). The outbox
+    holds at most an hour of rows once pruned: seconds at most."""
+    pending, published = sa.text("published_at IS NULL"), sa.text("published_at IS NOT NULL")
+    op.drop_index(f"ix_{table}_published_at", table_name=table)
+    op.create_index(
+        f"ix_{table}_published_at",
+        table,
+        ["published_at"],
+        sqlite_where=published,
+        postgresql_where=published,
+    )
+    op.create_index(
+        f"ix_{table}_pending", table, ["seq"], sqlite_where=pending, postgresql_where=pending
+    )
+
+
+def unindex_outbox_pending(table: str) -> None:
+    """Undo `index_outbox_pending`: one index on `published_at`, every row in it."""
+    op.drop_index(f"ix_{table}_pending", table_name=table)
+    op.drop_index(f"ix_{table}_published_at", table_name=table)
+    op.create_index(f"ix_{table}_published_at", table, ["published_at"])

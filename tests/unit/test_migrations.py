@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from idt_runtime.db import make_engine, migrate
+from idt_runtime.outbox import pending, pending_count, prunable
 
 SERVICES = ["contact_centre", "bdc", "scheduler", "scoring"]
 
@@ -100,7 +102,8 @@ def test_an_outbox_keeps_its_rows_when_its_event_ids_stop_being_unique(
             if "event_id" in i["column_names"]
         ]
         assert on_ids == []
-        assert [i["column_names"] for i in inspector.get_indexes(outbox.name)] == [["published_at"]]
+        indexed = sorted(i["column_names"] for i in inspector.get_indexes(outbox.name))
+        assert indexed == [["published_at"], ["seq"]]  # published ones, waiting ones
     finally:
         engine.dispose()
 
@@ -200,5 +203,80 @@ def test_scheduler_events_keep_their_order_when_keyed_by_arrival(tmp_path, datab
         with engine.begin() as conn:
             back = conn.execute(sa.select(events.c.event_id).order_by(events.c.event_id))
             assert list(back.scalars()) == ["a", "m", "new", "z"]
+    finally:
+        engine.dispose()
+
+
+#: Each service's last migration with one index, of every row, on the outbox's
+#: `published_at`.
+_OUTBOX_ONE_INDEX_UNTIL = {
+    "contact_centre": "cd9b94050dc0",
+    "bdc": "d00fa1c16662",
+    "scheduler": "a99be6998a94",
+    "scoring": "15ffb575ad7a",
+}
+
+
+def _plan(conn: sa.Connection, stmt: Any) -> str:
+    """The database's plan for `stmt`, as text."""
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    if conn.dialect.name == "sqlite":
+        return "\n".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    return "\n".join(str(r[0]) for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_relay_finds_waiting_outbox_rows_by_an_index_of_their_own(
+    service, tmp_path, database_url
+):
+    """The relay's next batch and its count read the partial index of waiting rows,
+    and the prune reads published rows by when. With one index on `published_at`,
+    PostgreSQL kept an entry for every row's unpublished version until vacuum, and
+    after a 1M replay the relay's query walked 812k of them (0.7 s a batch). A
+    store made before keeps its rows, and the migration goes back."""
+    spec = importlib.import_module(f"services.{service}.app").SPEC
+    version_table = f"{spec.prefix}_alembic_version"
+    outbox = spec.tables.outbox
+    engine = make_engine(database_url or f"sqlite:///{tmp_path}/m.db")
+    before = _OUTBOX_ONE_INDEX_UNTIL[service]
+    try:
+        migrate(engine, spec.migrations, version_table, to=before)
+        with engine.begin() as conn:
+            rows = [_outbox_row(i, f"e{i}", published=i <= 3000) for i in range(1, 3011)]
+            conn.execute(sa.table(outbox.name, *(sa.column(c) for c in rows[0])).insert(), rows)
+        migrate(engine, spec.migrations, version_table)
+        where = f"{engine.dialect.name}_where"
+        partial = {
+            i["name"]: str(i.get("dialect_options", {}).get(where))
+            for i in sa.inspect(engine).get_indexes(outbox.name)
+        }
+        assert set(partial) == {f"ix_{outbox.name}_pending", f"ix_{outbox.name}_published_at"}
+        assert "is null" in partial[f"ix_{outbox.name}_pending"].lower()
+        assert "is not null" in partial[f"ix_{outbox.name}_published_at"].lower()
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"ANALYZE {outbox.name}")  # as autovacuum would
+            assert f"ix_{outbox.name}_pending" in _plan(conn, pending(outbox, 500))
+            assert f"ix_{outbox.name}_pending" in _plan(conn, pending_count(outbox))
+            cutoff = datetime(2026, 11, 25, tzinfo=UTC)
+            assert f"ix_{outbox.name}_published_at" in _plan(conn, prunable(outbox, cutoff, 500))
+            assert [r[0] for r in conn.execute(pending(outbox, 500))] == list(range(3001, 3011))
+            assert conn.execute(pending_count(outbox)).scalar_one() == 10
+            assert len(conn.execute(prunable(outbox, cutoff, 5000)).all()) == 3000
+
+        with engine.begin() as conn:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(spec.migrations))
+            cfg.attributes["connection"] = conn
+            cfg.attributes["version_table"] = version_table
+            command.downgrade(cfg, before)
+        indexes = sa.inspect(engine).get_indexes(outbox.name)
+        assert [(i["name"], i["column_names"]) for i in indexes] == [
+            (f"ix_{outbox.name}_published_at", ["published_at"])
+        ]
+        options = indexes[0].get("dialect_options", {})
+        assert not options.get("sqlite_where") and not options.get("postgresql_where")
+        with engine.begin() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 3010
     finally:
         engine.dispose()
