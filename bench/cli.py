@@ -57,7 +57,7 @@ from rich.table import Table
 from idt_cli.replay import DrainState
 
 from . import profiling, synth
-from .machine import machine
+from .machine import cpu_probe, machine
 from .phases import (
     measure_limit,
     peak_rate,
@@ -541,7 +541,10 @@ class Bench:
             command=cfg.command,
             reproduce=cfg.reproduce,
             machine=dataclasses.replace(
-                host, redis_version=self.redis_version, load_average_end=os.getloadavg()
+                host,
+                redis_version=self.redis_version,
+                load_average_end=os.getloadavg(),
+                cpu_probe_end_ms=cpu_probe(),
             ),
             database=database,
             replicas=cfg.replicas,

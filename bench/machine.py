@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import sqlite3
 import subprocess
 from pathlib import Path
+from time import perf_counter
 
 import psutil
 
@@ -45,6 +47,31 @@ def git_state() -> str:
     )
 
 
+def _probe_work() -> int:
+    """A fixed piece of the work the services do most: small dicts, strings and
+    JSON, in pure Python and in C."""
+    acc = 0
+    for i in range(20_000):
+        claim_id, dates = f"SIM-{i:06d}", [i, i + 1, i + 2]
+        d = {"claim_id": claim_id, "n": i, "dates": dates}
+        acc += len(claim_id) + dates[2] % 7
+        acc += len(json.loads(json.dumps(d))["dates"])
+    return acc
+
+
+def cpu_probe(rounds: int = 5) -> float:
+    """Milliseconds the fixed work took, the best of `rounds`: how fast this machine
+    runs Python now. Machines of one kind, and one machine over a few hours, have
+    differed by two times and more (bench/README.md), more than most changes: compare
+    the probe of two runs before their rates."""
+    best = float("inf")
+    for _ in range(rounds):
+        began = perf_counter()
+        _probe_work()
+        best = min(best, perf_counter() - began)
+    return best * 1000
+
+
 def machine(redis_version: str, postgres_version: str | None) -> Machine:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return Machine(
@@ -59,4 +86,5 @@ def machine(redis_version: str, postgres_version: str | None) -> Machine:
         postgres_version=postgres_version,
         load_average=(load[0], load[1], load[2]),
         git=git_state(),
+        cpu_probe_ms=cpu_probe(),
     )

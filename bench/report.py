@@ -70,6 +70,9 @@ class Machine:
     git: str
     #: The same at the end of the run: other work on a shared machine shows here.
     load_average_end: tuple[float, float, float] | None = None
+    #: `machine.cpu_probe` before the run and after it (the stack stopped).
+    cpu_probe_ms: float | None = None
+    cpu_probe_end_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -500,6 +503,17 @@ def _machine(r: Results) -> list[str]:
     if m.load_average_end is not None:
         end = ", ".join(f"{x:.2f}" for x in m.load_average_end)
         rows.append(["load average at the end (1, 5, 15 min)", end])
+    if m.cpu_probe_ms is not None:
+        probe = f"{m.cpu_probe_ms:,.1f} ms"
+        if m.cpu_probe_end_ms is not None:
+            probe += f" / {m.cpu_probe_end_ms:,.1f} ms"
+        rows.append(
+            [
+                "CPU probe: a fixed Python loop, best of 5, at the start / the end "
+                "(lower is faster; compare it before comparing two runs' rates)",
+                probe,
+            ]
+        )
     return ["## Machine", "", *table(["", ""], rows), ""]
 
 

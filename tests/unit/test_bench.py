@@ -339,12 +339,14 @@ def a_run(events: int, e2e_s: float, read_ack: float, rss: tuple[int, int]) -> R
     return Run(size_label(events), t, Limit(200_000, 295.0, 60_000.0, read_ack))
 
 
-def results(runs: list[Run], latency: Latency | None, **kw: object) -> Results:
+def results(
+    runs: list[Run], latency: Latency | None, machine: Machine = MACHINE, **kw: object
+) -> Results:
     return Results(
         started=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         command="python -m bench --scaling",
         reproduce="python -m bench --scaling",
-        machine=MACHINE,
+        machine=machine,
         database="SQLite (a file per service)",
         replicas=1,
         runs=runs,
@@ -456,6 +458,18 @@ def test_redis_ceiling_from_its_cpu_per_event_and_the_limits_cost() -> None:
     # Older numbers without Redis's CPU say so instead of inventing it.
     bare = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], None))
     assert "(not measured)" in bare.split("## Redis's share")[1].split("\n## ")[0]
+
+
+def test_the_cpu_probe_times_a_fixed_loop_and_the_report_shows_start_and_end() -> None:
+    from bench.machine import cpu_probe
+
+    assert cpu_probe(rounds=1) > 0
+    run = a_run(1_000_000, 200.0, 60_000.0, (1, 1))
+    probed = results([run], None, machine=replace(MACHINE, cpu_probe_ms=41.25))
+    assert "| 41.2 ms |" in render(probed)
+    both = replace(MACHINE, cpu_probe_ms=41.25, cpu_probe_end_ms=83.0)
+    assert "| 41.2 ms / 83.0 ms |" in render(results([run], None, machine=both))
+    assert "CPU probe" not in render(results([run], None))  # older results: no row
 
 
 def test_results_md_without_optional_phases_says_how_to_run_them() -> None:
