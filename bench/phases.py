@@ -54,8 +54,12 @@ def xadd(pipe: Any, stream: str, line: bytes) -> None:
 
 
 def redis_cpu_seconds(client: redis.Redis) -> float:
-    """Redis's own CPU time so far: user + system, all its threads (`INFO cpu`)."""
+    """Redis's own CPU time so far, user + system (`INFO cpu`): its main thread's,
+    which executes every command (Redis 6.2 and later say it), else the whole
+    process's (background saves and fsyncs too)."""
     info: Any = client.info("cpu")
+    if "used_cpu_user_main_thread" in info:
+        return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 

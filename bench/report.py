@@ -142,7 +142,7 @@ class Throughput:
     #: Stream -> entries the services derived (window outcomes, alerts).
     derived: tuple[tuple[str, int], ...]
     stores: tuple[Store, ...]
-    #: Redis's own CPU (INFO cpu: user + system, all its threads) from the first
+    #: Redis's own CPU (INFO cpu: its main thread's, user + system) from the first
     #: publish until every group had drained.
     redis_cpu_s: float | None = None
 
@@ -683,7 +683,8 @@ def _redis(r: Results) -> list[str]:
         "the services' /metrics queries and the bench's own polling), and at the cost "
         "each XADD and each read+ack had in the limit phase (full pipelines and "
         "batches: the best Redis can do for this fan-out). Redis's CPU is its own "
-        "account (`INFO cpu`, user + system, all its threads).",
+        "account of its main thread, the one that executes commands (`INFO cpu`, user "
+        "+ system).",
         "",
         *table(
             [

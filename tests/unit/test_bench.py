@@ -249,6 +249,23 @@ def test_the_limit_phase_measures_redis_own_cpu_per_entry(r) -> None:
     assert not r.exists(LIMIT_KEY)
 
 
+def test_redis_cpu_is_its_main_threads_where_redis_reports_it() -> None:
+    from bench.phases import redis_cpu_seconds
+
+    class Info:
+        def __init__(self, fields: dict[str, float]) -> None:
+            self.fields = fields
+
+        def info(self, section: str) -> dict[str, float]:
+            assert section == "cpu"
+            return self.fields
+
+    totals = {"used_cpu_user": 3.0, "used_cpu_sys": 1.5}
+    main = {"used_cpu_user_main_thread": 2.0, "used_cpu_sys_main_thread": 1.0}
+    assert redis_cpu_seconds(Info({**totals, **main})) == 3.0  # type: ignore[arg-type]
+    assert redis_cpu_seconds(Info(totals)) == 4.5  # type: ignore[arg-type]  # an older Redis
+
+
 def test_metric_sums_over_label_sets() -> None:
     text = (
         "# HELP idt_events_consumed_total x\n"
