@@ -62,8 +62,8 @@ def _probe_work() -> int:
 
 def cpu_probe(rounds: int = 5) -> float:
     """Milliseconds the fixed work took, the best of `rounds`: how fast this machine
-    runs Python now. Machines of one kind, and one machine over a few hours, have
-    differed by two times and more (bench/README.md), more than most changes: compare
+    runs Python now. Two machines of one kind have differed by 1.6-2 times in the CPU
+    every process spent per event (bench/README.md), more than most changes: compare
     the probe of two runs before their rates."""
     best = float("inf")
     # Without the garbage collector, whose passes cost in proportion to what the

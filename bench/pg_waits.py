@@ -24,11 +24,17 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from idt_runtime.db import advisory_key
+from idt_runtime.outbox import relay_lock
+from services.bdc.models import TABLES as BDC
+from services.contact_centre.models import TABLES as CONTACT_CENTRE
+from services.scheduler.handlers import STATE_SCOPE
+from services.scheduler.models import TABLES as SCHEDULER
+from services.scoring.models import TABLES as SCORING
 
 #: The advisory locks the services take (idt_runtime.db.lock_scope), by name.
 LOCKS = (
-    "scheduler:business-time-and-registry",
-    *(f"outbox:{prefix}_outbox" for prefix in ("cc", "bdc", "sch", "sco")),
+    STATE_SCOPE,
+    *(relay_lock(t.outbox) for t in (CONTACT_CENTRE, BDC, SCHEDULER, SCORING)),
 )
 
 _ACTIVITY = """

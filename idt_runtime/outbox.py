@@ -103,6 +103,11 @@ def prunable(outbox: Table, cutoff: datetime, limit: int) -> Select[tuple[int]]:
     )
 
 
+def relay_lock(outbox: Table) -> str:
+    """The name of the lock the relays of one outbox take turns on (`lock_scope`)."""
+    return f"outbox:{outbox.name}"
+
+
 def pending(outbox: Table, limit: int) -> Select[tuple[int, str, bytes]]:
     """The relay's next batch: up to `limit` rows not yet published, in `seq` order,
     found by the partial index of waiting rows (`ix_<prefix>_outbox_pending`)."""
@@ -208,7 +213,7 @@ class OutboxRelay:
             Session(self.engine) as s,
             s.begin(),
         ):
-            lock_scope(s, f"outbox:{o.name}", exclusive=True)
+            lock_scope(s, relay_lock(o), exclusive=True)
             self._after_restart(s)
             rows = s.execute(self._pending).all()
             if not rows:

@@ -12,8 +12,7 @@ from sqlalchemy.engine import make_url
 
 from bench.pg_waits import conninfo, lock_names, main, render, sample_once
 from idt_runtime.db import advisory_key
-
-STATE_SCOPE = "scheduler:business-time-and-registry"
+from services.scheduler.handlers import STATE_SCOPE
 
 
 def test_a_backend_waiting_for_a_services_lock_is_named(pg_url, capsys) -> None:  # type: ignore[no-untyped-def]
