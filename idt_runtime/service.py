@@ -45,7 +45,7 @@ from .db import (
 from .logs import configure_logging
 from .metrics import RuntimeMetrics, StreamCollector
 from .outbox import OutboxRelay
-from .settings import RuntimeSettings
+from .settings import DEFAULT_READ_LINGER_MS, RuntimeSettings
 
 log = logging.getLogger("idt.service")
 
@@ -61,20 +61,33 @@ def timed(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """What makes a service itself: its name, table prefix, migrations, tables."""
+    """What makes a service itself: its name, table prefix, migrations, tables, and
+    how fresh its view of the streams must be (`read_linger_ms`: the pause after a
+    read that was not full, unless `IDT_READ_LINGER_MS` sets one for every service;
+    docs/decisions.md, Consuming)."""
 
     name: str
     prefix: str
     migrations: Path
     metadata: MetaData
     tables: RuntimeTables
+    read_linger_ms: int = DEFAULT_READ_LINGER_MS
 
     @classmethod
-    def of(cls, name: str, prefix: str, tables: RuntimeTables, app_file: str) -> ServiceSpec:
+    def of(
+        cls,
+        name: str,
+        prefix: str,
+        tables: RuntimeTables,
+        app_file: str,
+        *,
+        read_linger_ms: int = DEFAULT_READ_LINGER_MS,
+    ) -> ServiceSpec:
         """A service laid out as usual: SQLModel tables, `migrations/` beside `app.py`."""
         from sqlmodel import SQLModel
 
-        return cls(name, prefix, Path(app_file).parent / "migrations", SQLModel.metadata, tables)
+        migrations = Path(app_file).parent / "migrations"
+        return cls(name, prefix, migrations, SQLModel.metadata, tables, read_linger_ms)
 
 
 class ServiceRuntime:
@@ -102,6 +115,13 @@ class ServiceRuntime:
         self.relay: OutboxRelay | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._streams: StreamCollector | None = None
+
+    @property
+    def read_linger_ms(self) -> int:
+        """The pause after a read that was not full: `IDT_READ_LINGER_MS` when set,
+        else the service's own (`ServiceSpec.read_linger_ms`)."""
+        configured = self.settings.read_linger_ms
+        return configured if configured is not None else self.spec.read_linger_ms
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,7 +194,9 @@ class ServiceRuntime:
         )
         self.relay.quiet = self.consumer.quiet  # the prune lets batches go first
         await self.consumer.ensure_groups()
-        self._reader = asyncio.create_task(self.consumer.read_forever(s.block_ms, s.read_linger_ms))
+        self._reader = asyncio.create_task(
+            self.consumer.read_forever(s.block_ms, self.read_linger_ms)
+        )
         self._reader.add_done_callback(self._reader_ended)
         self.metrics.consumer_up.labels(self.spec.name).set(1)
         self._streams = StreamCollector(

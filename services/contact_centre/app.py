@@ -21,7 +21,7 @@ from idt_domain.calendar import london_date
 from idt_runtime.api_types import Day, Moment, SafeClaimId
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
-from idt_runtime.settings import RuntimeSettings
+from idt_runtime.settings import VIEW_READ_LINGER_MS, RuntimeSettings
 
 from . import handlers
 from .models import PREFIX, TABLES
@@ -48,7 +48,7 @@ class ContactCentreSettings(RuntimeSettings):
         return self
 
 
-SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__, read_linger_ms=VIEW_READ_LINGER_MS)
 
 # ---------------------------------------------------------------- API models
 

@@ -17,14 +17,14 @@ from sqlmodel import Session
 
 from idt_runtime.clock import Clock
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
-from idt_runtime.settings import RuntimeSettings
+from idt_runtime.settings import VIEW_READ_LINGER_MS, RuntimeSettings
 
 from . import domain, handlers
 from .models import PREFIX, TABLES
 
 NAME = "scoring"
 
-SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__)
+SPEC = ServiceSpec.of(NAME, PREFIX, TABLES, __file__, read_linger_ms=VIEW_READ_LINGER_MS)
 
 
 class TargetSetting(BaseModel):

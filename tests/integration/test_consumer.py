@@ -581,6 +581,44 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
 
 
 @pytest.mark.asyncio
+async def test_after_a_read_that_was_not_full_the_reader_lets_entries_gather(redis_url, tmp_path):
+    """With a linger of 200 ms, entries arriving every 10 ms for 0.8 s are taken in
+    a few reads, each bringing what came meanwhile (a read, a transaction and an
+    ack round for many events), not one read per entry; every entry is applied."""
+    batches: list[list[str]] = []
+
+    def applier(session, events):
+        batches.append([e.id for e in events])
+
+    tables, engine = runtime_store("ling", tmp_path / "ling.db")
+    client = redis.asyncio.from_url(redis_url)
+    stream = "idt:claim-registered"
+    consumer = EventConsumer(
+        service="ling", group="ling", consumer="ling-1", redis=client, engine=engine,
+        tables=tables, appliers={stream: applier}, metrics=RuntimeMetrics("ling"),
+    )  # fmt: skip
+    await consumer.ensure_groups()
+    r = redis.Redis.from_url(redis_url)
+    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=200))
+    try:
+        began = time.monotonic()
+        for i in range(80):
+            xadd(r, claim_registered(f"LING-{i}", event_id=f"l{i}"))
+            await asyncio.sleep(0.01)
+        spread = time.monotonic() - began
+        await _until(lambda: sum(map(len, batches)) == 80)
+        # One read at most every 200 ms while they arrive, one for the rest.
+        assert len(batches) <= spread / 0.2 + 2, (len(batches), spread)
+        assert sorted(e for b in batches for e in b) == sorted(f"l{i}" for i in range(80))
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(reader, 10)
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("from_the_start", [False, True])
 async def test_a_stream_redis_refuses_is_set_aside_and_the_others_are_still_read(
     redis_url, tmp_path, monkeypatch, from_the_start

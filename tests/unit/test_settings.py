@@ -120,3 +120,27 @@ def test_a_service_process_stamps_its_log_lines_and_keeps_info(tmp_path):
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     assert re.fullmatch(stamp + r" INFO idt\.outbox: pruned 3 rows", lines[0]), lines
     assert re.fullmatch(stamp + r" WARNING idt\.db: slow write", lines[1]), lines
+
+
+def test_each_service_lingers_as_fresh_as_its_readers_need(monkeypatch):
+    """The scheduler, whose alerts Jobcentres wait for, reads again 20 ms after a
+    read that was not full; the services whose views people and Prometheus read
+    wait a quarter of a second, for a tenth of the reads at a steady rate.
+    `IDT_READ_LINGER_MS` sets one pause for every service."""
+    from idt_runtime.service import ServiceRuntime
+    from services.bdc.app import SPEC as BDC
+    from services.contact_centre.app import SPEC as CC
+    from services.scheduler.app import SPEC as SCHEDULER
+    from services.scoring.app import SPEC as SCORING
+
+    monkeypatch.delenv("IDT_READ_LINGER_MS", raising=False)
+    lingers = {
+        spec.name: ServiceRuntime(spec, RuntimeSettings()).read_linger_ms
+        for spec in (CC, BDC, SCHEDULER, SCORING)
+    }
+    assert lingers == {"contact_centre": 250, "bdc": 250, "scheduler": 20, "scoring": 250}
+    monkeypatch.setenv("IDT_READ_LINGER_MS", "0")
+    overridden = {ServiceRuntime(s, RuntimeSettings()).read_linger_ms for s in (CC, SCHEDULER)}
+    assert overridden == {0}
+    with pytest.raises(ValidationError):
+        RuntimeSettings(read_linger_ms=1_001)
