@@ -455,6 +455,7 @@ def run_latency(
     day = day0
     behind = 0.0
     paced_last: dict[str, bytes] = {}
+    cleared_s: list[float] = []
     # What each process does while the phase runs (`watch`: label -> pid).
     activity = ActivitySampler(watch, interval=0.25).start() if watch else None
     began = perf_counter()
@@ -495,6 +496,8 @@ def run_latency(
                     stream = stream_of(line)
                     xadd(pipe, stream, line)
                     batch_streams.append(stream)
+                    if stream == cleared_stream:
+                        cleared_s.append(elapsed)
                 published += 1
             if not batch_streams:
                 continue
@@ -544,4 +547,5 @@ def run_latency(
         sent_s=tuple(t - began for _, t in landed),
         tick_s=None if tick_sent is None else tick_sent - began,
         activity=tuple(per_slice),
+        cleared_s=tuple(cleared_s),
     )

@@ -234,6 +234,9 @@ class Latency:
     activity: tuple[tuple[tuple[str, float, int | None], ...], ...] = ()
     #: What was done to the stack just before the phase (`--trim-before-latency`).
     prepared: str = ""
+    #: Seconds into the phase each background (filler) `claim-cleared` was published:
+    #: the heaviest event for the scheduler, and how steady the mix was.
+    cleared_s: tuple[float, ...] = ()
 
     def slices(self, count: int = LATENCY_SLICES) -> list[tuple[float, float, tuple[float, ...]]]:
         """The samples by when their probe was published, in `count` equal slices
@@ -246,6 +249,23 @@ class Latency:
         for at, sample in zip(self.sent_s, self.samples_ms, strict=True):
             out[min(int(at / width), count - 1)].append(sample)
         return [(i * width, (i + 1) * width, tuple(x)) for i, x in enumerate(out)]
+
+    def clearances(self, count: int = LATENCY_SLICES) -> list[tuple[int, int]]:
+        """Per slice (as `slices`): the background clearances published in it, and
+        the most in any one second of it. Empty when not recorded (an older run)."""
+        if not self.cleared_s or self.seconds <= 0:
+            return []
+        width = self.seconds / count
+        total = [0] * count
+        per_second: dict[int, int] = {}
+        for at in self.cleared_s:
+            total[min(int(at / width), count - 1)] += 1
+            per_second[int(at)] = per_second.get(int(at), 0) + 1
+        busiest = [0] * count
+        for second, k in per_second.items():
+            i = min(int(second / width), count - 1)
+            busiest[i] = max(busiest[i], k)
+        return list(zip(total, busiest, strict=True))
 
     def p(self, q: float) -> float | None:
         return percentile(self.samples_ms, q) if self.samples_ms else None
@@ -754,16 +774,30 @@ def _latency(r: Results) -> list[str]:
         ),
         "",
     ]
-    slices = [(a, b, x) for a, b, x in lat.slices() if x]
+    cleared = lat.clearances()
+    slices = [
+        (a, b, x, cleared[i] if cleared else None) for i, (a, b, x) in enumerate(lat.slices())
+    ]
+    slices = [row for row in slices if row[2]]
     if slices:
         tick = lat.tick_s
         out += [
             "By when the probe was published (the clock tick moves business time at "
             f"{secs(tick) if tick is not None else 'no point'}: the claims it makes due are "
-            "re-evaluated then, beside the claim events):",
+            "re-evaluated then, beside the claim events), with the other claims cleared "
+            "meanwhile (the scheduler's heaviest event: it opens windows and sends alerts), "
+            "in the slice and in its busiest second:",
             "",
             *table(
-                ["published", "alerts", "p50", "p99", "max", ""],
+                [
+                    "published",
+                    "alerts",
+                    "p50",
+                    "p99",
+                    "max",
+                    "other clearances (busiest second)",
+                    "",
+                ],
                 [
                     [
                         f"{a:,.0f} to {b:,.0f} s",
@@ -771,9 +805,10 @@ def _latency(r: Results) -> list[str]:
                         ms(percentile(x, 50)),
                         ms(percentile(x, 99)),
                         ms(max(x)),
+                        f"{n(c[0])} ({n(c[1])})" if c is not None else "(not recorded)",
                         "tick" if tick is not None and a <= tick < b else "",
                     ]
-                    for a, b, x in slices
+                    for a, b, x, c in slices
                 ],
             ),
             "",

@@ -6,6 +6,7 @@ the benchmark's report, never in tests."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -44,6 +45,7 @@ from bench.report import (
     render,
     size_label,
 )
+from bench.synth import LineFields
 from idt_cli.offices import DEFAULT_OFFICES, read_registry
 from idt_cli.simulate import offices_by_kind
 from idt_contract import DecodeError, decode
@@ -155,6 +157,29 @@ def test_filler_collides_with_nothing_and_has_no_registry(tmp_path: Path) -> Non
     assert {e.type for e in events} >= {"claim-registered", "marker-set", "claim-cleared"}
     tick = decode(tick_line(date(2008, 4, 1)))
     assert tick.type == "clock-tick" and tick.time.isoformat() == "2008-04-01T23:30:00+01:00"
+
+
+def test_the_filler_mixes_each_day_and_keeps_each_claims_order() -> None:
+    """The simulator stamps a day's clearances in one hour: in time order they came
+    in a run. Interleaved, a day's clearances are spread through its events, each
+    claim's events keep their order, and no event leaves its day."""
+
+    def line(day: str, hour: int, claim: str, kind: str, n: int) -> tuple[bytes, LineFields]:
+        text = f'{{"id":"{claim}-{n}","time":"2008-04-{day}T{hour:02}:00:00Z","type":"{kind}"}}'
+        return text.encode(), LineFields(f"{claim}-{n}", claim, None, kind)
+
+    day1 = [line("01", 9, f"R{i}", "claim-registered", 0) for i in range(50)]
+    day1 += [line("01", 9, "X", "claim-registered", 0), line("01", 11, "X", "marker-set", 1)]
+    day1 += [line("01", 16, f"C{i}", "claim-cleared", 0) for i in range(50)]
+    day1 += [line("01", 16, "X", "claim-cleared", 2)]
+    day2 = [line("02", 9, f"D{i}", "claim-registered", 0) for i in range(20)]
+    out = [json.loads(b) for b in synth.interleave_days(day1 + day2, random.Random(7))]
+
+    assert sorted(o["id"] for o in out) == sorted(json.loads(b)["id"] for b, _ in day1 + day2)
+    assert [o["time"][:10] for o in out] == ["2008-04-01"] * 103 + ["2008-04-02"] * 20
+    assert [o["id"] for o in out if o["id"].startswith("X-")] == ["X-0", "X-1", "X-2"]
+    first_half = [o["type"] for o in out[:51]]
+    assert 10 <= first_half.count("claim-cleared") <= 41, first_half
 
 
 def test_probe_events_are_valid_ib_and_jsa_claims() -> None:
@@ -547,8 +572,24 @@ def test_latency_by_slice_shows_where_the_tail_gathers() -> None:
     row = next(line for line in text.splitlines() if line.startswith("| 30 to 40 s"))
     assert "900.0 ms" in row and row.rstrip(" |").endswith("tick")
     assert "| 20 to 30 s | 10 | 60.0 ms | 60.0 ms | 60.0 ms |" in text
+    assert "(not recorded)" in row  # no clearance times in this one
     # Without send times (an older run), no slice table.
     assert Latency(1000.0, 1000.0, 60.0, 2, (1.0, 2.0), 0, 1.0).slices() == []
+
+
+def test_latency_by_slice_counts_the_other_clearances_and_their_busiest_second() -> None:
+    """A run of 800 clearances in one second (what the filler in time order had)
+    shows beside the slice's latency."""
+    sent = tuple(float(i) for i in range(60))
+    cleared = tuple(12.0 + i / 1000 for i in range(800)) + tuple(float(s) for s in range(60))
+    lat = Latency(
+        1000.0, 1000.0, 60.0, 60, (20.0,) * 60, 0, 1.0, sent_s=sent, tick_s=30.0,
+        cleared_s=cleared,
+    )  # fmt: skip
+    assert lat.clearances(6) == [(10, 1), (810, 801), (10, 1), (10, 1), (10, 1), (10, 1)]
+    text = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], lat))
+    row = next(line for line in text.splitlines() if line.startswith("| 10 to 20 s"))
+    assert "| 810 (801) |" in row
 
 
 def test_the_sampler_splits_kernel_time_from_the_rest(tmp_path: Path) -> None:
