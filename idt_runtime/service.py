@@ -127,7 +127,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
-        configure_logging(s.log_level)
+        configure_logging(s.log_level, self.spec.name)
         url = s.database_url_for(self.spec.name)
         checkpointing = url.startswith("sqlite") and s.sqlite_checkpoint_s > 0
         self.engine = make_engine(

@@ -99,17 +99,18 @@ def test_the_log_level_is_a_known_level(monkeypatch):
 
 def test_a_service_process_stamps_its_log_lines_and_keeps_info(tmp_path):
     """In a process with no logging set up (as under uvicorn), the idt loggers write
-    time, level and logger, at IDT_LOG_LEVEL; a second call adds no second handler."""
+    time, level, service and logger, at IDT_LOG_LEVEL; a second call adds no second
+    handler (and keeps the first service's name)."""
     import subprocess
     import sys
 
     code = (
         "import logging\n"
         "from idt_runtime.logs import configure_logging\n"
-        "configure_logging('INFO'); configure_logging('INFO')\n"
+        "configure_logging('INFO', 'scheduler'); configure_logging('INFO', 'bdc')\n"
         "logging.getLogger('idt.outbox').info('pruned %d rows', 3)\n"
         "logging.getLogger('idt.db').debug('not shown')\n"
-        "configure_logging('WARNING')\n"
+        "configure_logging('WARNING', 'scheduler')\n"
         "logging.getLogger('idt.outbox').info('not shown either')\n"
         "logging.getLogger('idt.db').warning('slow write')\n"
     )
@@ -118,8 +119,8 @@ def test_a_service_process_stamps_its_log_lines_and_keeps_info(tmp_path):
     lines = done.stderr.splitlines()
     assert len(lines) == 2, lines
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
-    assert re.fullmatch(stamp + r" INFO idt\.outbox: pruned 3 rows", lines[0]), lines
-    assert re.fullmatch(stamp + r" WARNING idt\.db: slow write", lines[1]), lines
+    assert re.fullmatch(stamp + r" INFO scheduler idt\.outbox: pruned 3 rows", lines[0]), lines
+    assert re.fullmatch(stamp + r" WARNING scheduler idt\.db: slow write", lines[1]), lines
 
 
 def test_each_service_lingers_as_fresh_as_its_readers_need(monkeypatch):
