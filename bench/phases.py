@@ -476,6 +476,7 @@ def run_latency(
             due = min(int(elapsed * rate) + 1, total)
             batch_probes: list[str] = []
             batch_streams: list[str] = []
+            cleared = 0  # background clearances in this round trip
             while published < due:
                 if published == tick_at:
                     tick_sent = perf_counter()
@@ -496,8 +497,7 @@ def run_latency(
                     stream = stream_of(line)
                     xadd(pipe, stream, line)
                     batch_streams.append(stream)
-                    if stream == cleared_stream:
-                        cleared_s.append(elapsed)
+                    cleared += stream == cleared_stream
                 published += 1
             if not batch_streams:
                 continue
@@ -506,6 +506,7 @@ def run_latency(
                 paced_last[stream] = entry_id
             for claim in batch_probes:
                 sent[claim] = t_pub
+            cleared_s += [t_pub - began] * cleared
             if on_second is not None and elapsed >= next_report:
                 on_second(elapsed)
                 next_report += 1.0

@@ -234,9 +234,10 @@ class Latency:
     activity: tuple[tuple[tuple[str, float, int | None], ...], ...] = ()
     #: What was done to the stack just before the phase (`--trim-before-latency`).
     prepared: str = ""
-    #: Seconds into the phase each background (filler) `claim-cleared` was published:
-    #: the heaviest event for the scheduler, and how steady the mix was.
-    cleared_s: tuple[float, ...] = ()
+    #: Seconds into the phase each background (filler) `claim-cleared` was published
+    #: (None: not recorded): the heaviest event for the scheduler, and how steady
+    #: the mix was.
+    cleared_s: tuple[float, ...] | None = None
 
     def slices(self, count: int = LATENCY_SLICES) -> list[tuple[float, float, tuple[float, ...]]]:
         """The samples by when their probe was published, in `count` equal slices
@@ -252,18 +253,20 @@ class Latency:
 
     def clearances(self, count: int = LATENCY_SLICES) -> list[tuple[int, int]]:
         """Per slice (as `slices`): the background clearances published in it, and
-        the most in any one second of it. Empty when not recorded (an older run)."""
-        if not self.cleared_s or self.seconds <= 0:
+        the most in any one second of it (seconds counted from the slice's start,
+        so that none spans two slices). Empty when not recorded."""
+        if self.cleared_s is None or self.seconds <= 0:
             return []
         width = self.seconds / count
         total = [0] * count
-        per_second: dict[int, int] = {}
+        per_second: dict[tuple[int, int], int] = {}
         for at in self.cleared_s:
-            total[min(int(at / width), count - 1)] += 1
-            per_second[int(at)] = per_second.get(int(at), 0) + 1
+            i = min(int(at / width), count - 1)
+            total[i] += 1
+            key = (i, int(at - i * width))
+            per_second[key] = per_second.get(key, 0) + 1
         busiest = [0] * count
-        for second, k in per_second.items():
-            i = min(int(second / width), count - 1)
+        for (i, _), k in per_second.items():
             busiest[i] = max(busiest[i], k)
         return list(zip(total, busiest, strict=True))
 

@@ -749,3 +749,23 @@ def test_health_metrics_and_openapi(bdc):
     }
     assert "post" in paths["/v1/claims/{claim_id}/clearance"]
     assert "get" in paths["/v1/aact"]
+
+
+@pytest.mark.parametrize(("setting", "linger"), [(None, 250), (5, 5)])
+def test_the_bdc_reads_with_its_own_linger_unless_one_is_set(
+    redis_url, var_dir, r, monkeypatch, setting, linger
+):
+    """The BDC's view is read by people: it lets a quarter of a second of events
+    gather between reads; `IDT_READ_LINGER_MS` (here the setting) overrides it."""
+    from idt_runtime.consumer import EventConsumer
+
+    used: list[int] = []
+    read_forever = EventConsumer.read_forever
+
+    def recording(self, block_ms, linger_ms=0, in_flight=2):  # type: ignore[no-untyped-def]
+        used.append(linger_ms)
+        return read_forever(self, block_ms, linger_ms, in_flight)
+
+    monkeypatch.setattr(EventConsumer, "read_forever", recording)
+    with running_bdc(redis_url, var_dir, r, read_linger_ms=setting):
+        assert used == [linger]

@@ -590,6 +590,11 @@ def test_latency_by_slice_counts_the_other_clearances_and_their_busiest_second()
     text = render(results([a_run(1_000_000, 200.0, 60_000.0, (1, 1))], lat))
     row = next(line for line in text.splitlines() if line.startswith("| 10 to 20 s"))
     assert "| 810 (801) |" in row
+    # A second is counted within its slice (slices are seldom whole seconds), and
+    # a run that published no clearance says 0, not "not recorded".
+    odd = replace(lat, seconds=60.6, cleared_s=(10.0, 10.05, 10.2, 10.4))
+    assert odd.clearances(6)[:2] == [(2, 2), (2, 2)]  # slices of 10.1 s: 10.0 | 10.2
+    assert replace(lat, cleared_s=()).clearances(6) == [(0, 0)] * 6
 
 
 def test_the_sampler_splits_kernel_time_from_the_rest(tmp_path: Path) -> None:
