@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -566,18 +568,11 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
     xadd(r, claim_registered("ONE-1", event_id="c1"))
     xadd(r, claim_registered("ONE-2", event_id="c2"))
     xadd(r, marker("ONE-1", "JC0101", event_id="m1"))
-    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=5))
-    try:
+    async with _reading(consumer, client, r, engine, linger_ms=5):
         await _until(lambda: calls)
         assert calls == [["c1", "c2", "m1"]]
         await _until(lambda: all(r.xpending(s, "one")["pending"] == 0 for s in streams))
         assert consumer.read_error is None
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(reader, 10)
-        await client.aclose()
-        r.close()
-        engine.dispose()
 
 
 @pytest.mark.asyncio
@@ -599,8 +594,7 @@ async def test_after_a_read_that_was_not_full_the_reader_lets_entries_gather(red
     )  # fmt: skip
     await consumer.ensure_groups()
     r = redis.Redis.from_url(redis_url)
-    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=200))
-    try:
+    async with _reading(consumer, client, r, engine, linger_ms=200):
         began = time.monotonic()
         for i in range(80):
             xadd(r, claim_registered(f"LING-{i}", event_id=f"l{i}"))
@@ -610,12 +604,6 @@ async def test_after_a_read_that_was_not_full_the_reader_lets_entries_gather(red
         # One read at most every 200 ms while they arrive, one for the rest.
         assert len(batches) <= spread / 0.2 + 2, (len(batches), spread)
         assert sorted(e for b in batches for e in b) == sorted(f"l{i}" for i in range(80))
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(reader, 10)
-        await client.aclose()
-        r.close()
-        engine.dispose()
 
 
 @pytest.mark.asyncio
@@ -654,8 +642,7 @@ async def test_a_stream_redis_refuses_is_set_aside_and_the_others_are_still_read
     if from_the_start:
         r.set(bad, "not a stream")
     await consumer.ensure_groups()
-    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=5))
-    try:
+    async with _reading(consumer, client, r, engine, linger_ms=5):
         if not from_the_start:
             xadd(r, claim_registered("BAD-1", event_id="c1"))
             await _until(lambda: applied == ["c1"])
@@ -684,12 +671,6 @@ async def test_a_stream_redis_refuses_is_set_aside_and_the_others_are_still_read
         assert consumer.reading_problem() is None
         assert unreadable_gauge() == 0
         await _until(lambda: all(r.xpending(s, "bad")["pending"] == 0 for s in (good, bad)))
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(reader, 10)
-        await client.aclose()
-        r.close()
-        engine.dispose()
 
 
 @pytest.mark.asyncio
@@ -824,6 +805,23 @@ async def test_the_reclaimer_survives_failing_to_recreate_a_missing_group(redis_
     finally:
         consumer.stop()
         await asyncio.wait_for(task, 10)
+        await client.aclose()
+        r.close()
+        engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def _reading(
+    consumer: EventConsumer, client: Any, r: redis.Redis, engine: Engine, *, linger_ms: int
+) -> AsyncIterator[None]:
+    """The consumer reading (BLOCK 50 ms) while the block runs; then stopped, and
+    its clients and engine closed."""
+    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=linger_ms))
+    try:
+        yield
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(reader, 10)
         await client.aclose()
         r.close()
         engine.dispose()
