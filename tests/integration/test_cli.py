@@ -349,9 +349,9 @@ def test_up_runs_the_services_loads_the_registry_and_stops_on_sigint(tmp_path, r
         assert "var/logs/<service>.log" in output
         assert (var / "logs" / "contact_centre.log").stat().st_size > 0
         assert (var / "logs" / "bdc.log").stat().st_size > 0
-        # The services' own lines: UTC time, level, logger (idt_runtime/logs.py).
+        # The services' own lines: UTC time, level, service, logger (idt_runtime/logs.py).
         stamped = re.compile(
-            r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO idt\.service: scheduler: "
+            r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO scheduler idt\.service: scheduler: "
             r"consuming \d+ streams in group scheduler as consumer ",
             re.M,
         )
