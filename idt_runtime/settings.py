@@ -19,8 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The read linger of a service on the path of an alert (the scheduler's).
 DEFAULT_READ_LINGER_MS = 20
 #: The read linger of a service whose consumed view only people and Prometheus
-#: read (Contact Centre, BDC, scoring): fresh within a quarter of a second, for a
-#: tenth of the reads (and of their per-read CPU) at a steady rate.
+#: read (Contact Centre, BDC, scoring): a quarter of a second more behind the
+#: streams, for a tenth of the reads (and of their per-read CPU) at a steady rate.
 VIEW_READ_LINGER_MS = 250
 
 
