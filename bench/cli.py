@@ -187,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=parse_setting,
         default=[],
-        metavar="NAME=VALUE",
+        metavar="[SERVICE:]NAME=VALUE",
         help="a setting every service process gets (IDT_NAME=VALUE; the bench pins every "
-        "other IDT_* setting to its default), e.g. outbox_retention_s=60; repeatable. "
-        "A value a service refuses stops it at start",
+        "other IDT_* setting to its default), e.g. outbox_retention_s=60, or one service's "
+        "processes, e.g. scheduler:read_linger_ms=40; repeatable. A value a service "
+        "refuses stops it at start",
     )
     phases = p.add_argument_group("phases")
     phases.add_argument(
@@ -303,17 +304,29 @@ class Config:
     trim_before_latency: bool = False
 
 
-_SETTING = re.compile(r"(?:IDT_)?([A-Za-z][A-Za-z0-9_]*)=(.*)", re.DOTALL)
+_SETTING = re.compile(r"(?:([a-z_]+):)?(?:IDT_)?([A-Za-z][A-Za-z0-9_]*)=(.*)", re.DOTALL)
 
 
 def parse_setting(text: str) -> tuple[str, str]:
-    """`NAME=VALUE` (NAME with or without IDT_, any case) -> (name, value)."""
+    """`NAME=VALUE` (NAME with or without IDT_, any case) -> (name, value); with a
+    service first, `SERVICE:NAME=VALUE` -> ("service:name", value), for that
+    service's processes only."""
+    from .procs import SERVICE_NAMES
+
     m = _SETTING.fullmatch(text.strip())
     if m is None:
         raise argparse.ArgumentTypeError(
-            f"expected NAME=VALUE, e.g. outbox_retention_s=60, got {text!r}"
+            f"expected NAME=VALUE or SERVICE:NAME=VALUE, e.g. outbox_retention_s=60 or "
+            f"scheduler:read_linger_ms=40, got {text!r}"
         )
-    return m.group(1).lower(), m.group(2)
+    service, name, value = m.group(1), m.group(2).lower(), m.group(3)
+    if service is None:
+        return name, value
+    if service not in SERVICE_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"no service {service!r} (one of {', '.join(SERVICE_NAMES)}) in {text!r}"
+        )
+    return f"{service}:{name}", value
 
 
 def config_from(args: argparse.Namespace, argv: list[str]) -> Config:

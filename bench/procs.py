@@ -97,7 +97,8 @@ class BenchStack:
     replicas: int = 1
     #: Start the services under the pyinstrument wrapper (bench.pyi_service).
     pyinstrument: bool = False
-    #: Settings every service gets as IDT_<NAME> (`--service-setting`).
+    #: Settings every service gets as IDT_<NAME>, or one service's processes when
+    #: named `<service>:<name>` (`--service-setting`).
     settings: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     running: list[Replica] = field(default_factory=list)
@@ -129,9 +130,16 @@ class BenchStack:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         return server.url
 
-    def env(self, slot: int) -> dict[str, str]:
+    def env(self, slot: int, service: str) -> dict[str, str]:
+        """A `service` process's environment: every setting for all services, then
+        those for it alone (which win)."""
+        settings: dict[str, object] = {k: v for k, v in self.settings.items() if ":" not in k}
+        for key, value in self.settings.items():
+            target, _, name = key.partition(":")
+            if name and target == service:
+                settings[name] = value
         env = pinned_service_env(
-            self.redis_url, self.var, self.database_url, slot=slot, settings=dict(self.settings)
+            self.redis_url, self.var, self.database_url, slot=slot, settings=settings
         )
         if self.pyinstrument:
             env["PYTHONPATH"] = os.pathsep.join(
@@ -166,7 +174,7 @@ class BenchStack:
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=subprocess.STDOUT,
-                        env=self.env(slot),
+                        env=self.env(slot, name),
                         cwd=self.run_dir,
                         start_new_session=True,
                         preexec_fn=die_with_parent(),  # before any sampler thread starts

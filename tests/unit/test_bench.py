@@ -630,12 +630,29 @@ def test_service_settings_reach_every_service_process(tmp_path) -> None:
 
     stack = BenchStack(tmp_path, settings=dict(cfg.service_settings))
     stack.redis = type("R", (), {"url": "redis://127.0.0.1:1/0"})()  # type: ignore[assignment]
-    env = stack.env(0)
+    env = stack.env(0, "scheduler")
     assert env["IDT_OUTBOX_RETENTION_S"] == "60" and env["IDT_MEMORY_TRIM_S"] == "0"
 
-    for bad in ("outbox_retention_s", "=60", "1x=2"):
+    for bad in ("outbox_retention_s", "=60", "1x=2", "nosuch:read_linger_ms=40"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--service-setting", bad])
+
+
+def test_a_service_setting_can_name_one_service(tmp_path) -> None:
+    """`SERVICE:NAME=VALUE` reaches that service's processes only, over a setting
+    for all (how to try the scheduler's read linger alone)."""
+    from bench.procs import BenchStack
+
+    parser = build_parser()
+    argv = ["--service-setting", "read_linger_ms=100",
+            "--service-setting", "scheduler:IDT_READ_LINGER_MS=40"]  # fmt: skip
+    cfg = config_from(parser.parse_args(argv), argv)
+    assert cfg.service_settings == (("read_linger_ms", "100"), ("scheduler:read_linger_ms", "40"))
+    stack = BenchStack(tmp_path, settings=dict(cfg.service_settings))
+    stack.redis = type("R", (), {"url": "redis://127.0.0.1:1/0"})()  # type: ignore[assignment]
+    lingers = {s: stack.env(0, s)["IDT_READ_LINGER_MS"] for s in ("scheduler", "bdc", "scoring")}
+    assert lingers == {"scheduler": "40", "bdc": "100", "scoring": "100"}
+    assert "SCHEDULER:READ_LINGER_MS" not in " ".join(stack.env(0, "bdc"))
 
 
 def test_the_activity_sampler_says_what_each_process_did_between_two_moments() -> None:
