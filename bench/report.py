@@ -779,9 +779,8 @@ def _latency(r: Results) -> list[str]:
     ]
     cleared = lat.clearances()
     slices = [
-        (a, b, x, cleared[i] if cleared else None) for i, (a, b, x) in enumerate(lat.slices())
+        (a, b, x, cleared[i] if cleared else None) for i, (a, b, x) in enumerate(lat.slices()) if x
     ]
-    slices = [row for row in slices if row[2]]
     if slices:
         tick = lat.tick_s
         out += [

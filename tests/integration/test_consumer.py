@@ -8,7 +8,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -568,7 +568,9 @@ async def test_one_read_takes_every_stream_into_one_transaction(redis_url, tmp_p
     xadd(r, claim_registered("ONE-1", event_id="c1"))
     xadd(r, claim_registered("ONE-2", event_id="c2"))
     xadd(r, marker("ONE-1", "JC0101", event_id="m1"))
-    async with _reading(consumer, client, r, engine, linger_ms=5):
+    async with _running(
+        consumer, consumer.read_forever(block_ms=50, linger_ms=5), client, r, engine
+    ):
         await _until(lambda: calls)
         assert calls == [["c1", "c2", "m1"]]
         await _until(lambda: all(r.xpending(s, "one")["pending"] == 0 for s in streams))
@@ -594,7 +596,9 @@ async def test_after_a_read_that_was_not_full_the_reader_lets_entries_gather(red
     )  # fmt: skip
     await consumer.ensure_groups()
     r = redis.Redis.from_url(redis_url)
-    async with _reading(consumer, client, r, engine, linger_ms=200):
+    async with _running(
+        consumer, consumer.read_forever(block_ms=50, linger_ms=200), client, r, engine
+    ):
         began = time.monotonic()
         for i in range(80):
             xadd(r, claim_registered(f"LING-{i}", event_id=f"l{i}"))
@@ -642,7 +646,9 @@ async def test_a_stream_redis_refuses_is_set_aside_and_the_others_are_still_read
     if from_the_start:
         r.set(bad, "not a stream")
     await consumer.ensure_groups()
-    async with _reading(consumer, client, r, engine, linger_ms=5):
+    async with _running(
+        consumer, consumer.read_forever(block_ms=50, linger_ms=5), client, r, engine
+    ):
         if not from_the_start:
             xadd(r, claim_registered("BAD-1", event_id="c1"))
             await _until(lambda: applied == ["c1"])
@@ -795,33 +801,31 @@ async def test_the_reclaimer_survives_failing_to_recreate_a_missing_group(redis_
 
     consumer.ensure_groups = flaky  # type: ignore[method-assign]
     r.xgroup_destroy("idt:claim-registered", "rcl")
-    task = asyncio.create_task(consumer.reclaim_forever(0.05))
-    try:
+    async with _running(consumer, consumer.reclaim_forever(0.05), client, r, engine) as task:
         await _until(lambda: len(calls) >= 2)
         await _until(
             lambda: any(g["name"] == b"rcl" for g in r.xinfo_groups("idt:claim-registered"))
         )
         assert not task.done()
-    finally:
-        consumer.stop()
-        await asyncio.wait_for(task, 10)
-        await client.aclose()
-        r.close()
-        engine.dispose()
 
 
 @contextlib.asynccontextmanager
-async def _reading(
-    consumer: EventConsumer, client: Any, r: redis.Redis, engine: Engine, *, linger_ms: int
-) -> AsyncIterator[None]:
-    """The consumer reading (BLOCK 50 ms) while the block runs; then stopped, and
-    its clients and engine closed."""
-    reader = asyncio.create_task(consumer.read_forever(block_ms=50, linger_ms=linger_ms))
+async def _running(
+    consumer: EventConsumer,
+    loop: Coroutine[Any, Any, Any],
+    client: Any,
+    r: redis.Redis,
+    engine: Engine,
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """One of the consumer's loops (its reader, its reclaimer) running as a task
+    while the block runs; then the consumer stopped, the task awaited, and the
+    clients and engine closed."""
+    task = asyncio.create_task(loop)
     try:
-        yield
+        yield task
     finally:
         consumer.stop()
-        await asyncio.wait_for(reader, 10)
+        await asyncio.wait_for(task, 10)
         await client.aclose()
         r.close()
         engine.dispose()
