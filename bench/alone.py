@@ -13,6 +13,14 @@ compared under the same conditions: run it in both checkouts at once, e.g.
 
 `python -m` puts the current directory first, so each copy runs its own code.
 
+`--partition I/N` applies only the claim events of the claims whose id hashes to
+I (CRC-32 mod N), with every clock tick and office registration, to a store of
+its own, while still decoding every entry: what one of N schedulers would do if
+each owned a share of the claims and read the whole streams. Run N of them at once
+to see what splitting the scheduler by claim could gain on this machine:
+
+    for i in 0 1; do python -m bench.alone --events 1m --partition $i/2 & done; wait
+
 The log's entries are decoded as the consumer decodes them and applied in log
 order, 2,000 entries a transaction split by stream (as the consumer's group
 commit does under a backlog), to a fresh SQLite file: the store, the rules, the
@@ -27,6 +35,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -44,9 +53,30 @@ from .cli import DEFAULT_SEED, parse_count
 GROUP = 2_000
 
 
-def replay(log: Path, db: Path, group_size: int = GROUP) -> dict[str, float]:
+def owns(claim_id: str, partition: tuple[int, int]) -> bool:
+    """Whether partition (i, n) owns the claim: CRC-32 of its id, mod n, is i."""
+    i, n = partition
+    return zlib.crc32(claim_id.encode()) % n == i
+
+
+def parse_partition(text: str) -> tuple[int, int]:
+    """`I/N` (0 <= I < N) as (I, N)."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N, e.g. 0/2, not {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"I must be at least 0 and less than N, not {text!r}")
+    return i, n
+
+
+def replay(
+    log: Path, db: Path, group_size: int = GROUP, partition: tuple[int, int] = (0, 1)
+) -> dict[str, float]:
     """Apply the log to a new scheduler store at `db`, `group_size` entries a
-    transaction; CPU and wall time spent."""
+    transaction (entries read, the claim events of other partitions' claims among
+    them); CPU and wall time spent, and the events applied."""
     engine = make_engine(f"sqlite:///{db}")
     migrate(engine, SPEC.migrations, f"{SPEC.prefix}_alembic_version")
     consumer = EventConsumer(
@@ -59,7 +89,7 @@ def replay(log: Path, db: Path, group_size: int = GROUP) -> dict[str, float]:
         appliers=handlers.Scheduler().appliers(),
         metrics=None,  # type: ignore[arg-type]
     )
-    n = 0
+    n = applied = 0
     decoding = 0.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     group: dict[str, list[tuple[RawEntry, Envelope]]] = defaultdict(list)
@@ -67,9 +97,13 @@ def replay(log: Path, db: Path, group_size: int = GROUP) -> dict[str, float]:
         stream = synth.stream_of(line)
         entry = RawEntry(stream, f"{n + 1}-0", {DATA_FIELD_B: line})
         began = time.process_time()
-        group[stream].append((entry, decode_entry(stream, entry.fields)))
+        event = decode_entry(stream, entry.fields)
         decoding += time.process_time() - began
         n += 1
+        claim_id = getattr(getattr(event, "data", None), "claim_id", None)
+        if claim_id is None or owns(claim_id, partition):
+            group[stream].append((entry, event))
+            applied += 1
         if n % group_size == 0:
             consumer._commit_batches(list(group.items()))
             group.clear()
@@ -77,7 +111,13 @@ def replay(log: Path, db: Path, group_size: int = GROUP) -> dict[str, float]:
         consumer._commit_batches(list(group.items()))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     engine.dispose()
-    return {"events": n, "cpu_s": cpu, "wall_s": wall, "decode_cpu_s": decoding}
+    return {
+        "events": n,
+        "applied": applied,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "decode_cpu_s": decoding,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"entries a transaction (default {GROUP:,}, as under a backlog; a steady "
         "1,000 events/s read every 50 ms gives about 60)",
     )
+    ap.add_argument(
+        "--partition",
+        type=parse_partition,
+        default=(0, 1),
+        metavar="I/N",
+        help="apply only the claim events of claims whose id's CRC-32 mod N is I (with "
+        "every tick and office), decoding every entry: one of N schedulers split by claim",
+    )
     ap.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks here")
     args = ap.parse_args(argv)
     if args.profile is not None and not os.environ.get("IDT_BENCH_ALONE_CHILD"):
@@ -112,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run(cmd, env=env, check=False).returncode
     info = synth.ensure_log(args.cache_dir, args.events, args.seed)
     with tempfile.TemporaryDirectory(prefix="idt-bench-alone-") as tmp:
-        r = replay(info.path, Path(tmp) / "scheduler.db", max(1, args.group))
+        r = replay(info.path, Path(tmp) / "scheduler.db", max(1, args.group), args.partition)
     n = r["events"]
+    i, parts = args.partition
+    share = f", partition {i}/{parts} ({r['applied']:,.0f} applied)" if parts > 1 else ""
     print(
-        f"scheduler alone ({Path.cwd()}): {n:,.0f} events, "
+        f"scheduler alone ({Path.cwd()}{share}): {n:,.0f} events, "
         f"{r['cpu_s'] / n * 1e6:,.0f} µs CPU per event "
         f"(decoding {r['decode_cpu_s'] / n * 1e6:,.0f} µs), "
         f"{n / r['wall_s']:,.0f} events/s over {r['wall_s']:.1f} s, "

@@ -74,10 +74,12 @@ from .procs import (
     MetricsSampler,
     ProcSamples,
     RssSampler,
+    local_postgres,
 )
 from .procs import scrape as scrape_metric
 from .report import (
     LATENCY_RATE,
+    POSTGRES_LABEL,
     Latency,
     Limit,
     ProcessStats,
@@ -465,6 +467,8 @@ class Bench:
         self.cfg = cfg
         self.console = console
         self.redis_version = "unknown"
+        #: A replay used a PostgreSQL server whose processes could not be sampled.
+        self.postgres_unseen = False
         self.started = datetime.now(UTC)
         self.profile: ProfileSection | None = None
         self.tool: str | None = None
@@ -538,6 +542,12 @@ class Bench:
             notes.append(
                 f"Profiled run ({self.profile.tool} attached): throughput and latency are "
                 "lower than without profiling."
+            )
+        if self.postgres_unseen:
+            notes.append(
+                "PostgreSQL's processes were not on this machine or not readable (a server in "
+                "a container or on another host): its CPU is in no table, and CPU per event "
+                "(all processes) leaves it out."
             )
         if cfg.replicas > 1 and not cfg.postgres:
             notes.append(
@@ -620,6 +630,13 @@ class Bench:
                         f"cannot create the bench's database {pg.name}: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}"
                     ) from None
+                stack.database_server = local_postgres(stack.database_url)
+                if stack.database_server is None:
+                    self.postgres_unseen = True
+                    self.console.print(
+                        "PostgreSQL's processes are not on this machine or not readable: "
+                        "its CPU is not counted"
+                    )
             url = stack.start_redis()
             client = redis.Redis.from_url(url, socket_timeout=600)
             self.redis_version = str(client.info("server")["redis_version"])
@@ -676,7 +693,7 @@ class Bench:
     ) -> Throughput:
         cfg = self.cfg
         urls = stack.urls()
-        pids = {**stack.pids(), BENCH_LABEL: os.getpid()}
+        pids = {**stack.sampled(), BENCH_LABEL: os.getpid()}
         spy: profiling.PySpy | None = None
         if profile and self.tool == "py-spy":
             binary = profiling.pyspy_binary()
@@ -769,7 +786,7 @@ class Bench:
                     early_rss=early,
                     late_rss=late,
                     cpu_seconds=s.cpu_seconds,
-                    is_service=label_ not in ("redis-server", BENCH_LABEL),
+                    is_service=label_ not in ("redis-server", BENCH_LABEL, POSTGRES_LABEL),
                     system_seconds=s.system_seconds,
                 )
             )
@@ -889,7 +906,7 @@ class Bench:
                 probe_rate=cfg.probe_rate,
                 drain=drain,
                 on_second=lambda s: progress.update(task, completed=min(s, cfg.latency_seconds)),
-                watch=stack.pids(),
+                watch=stack.sampled(),
             )
             progress.update(task, completed=round(cfg.latency_seconds))
         self.console.print(

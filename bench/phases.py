@@ -9,7 +9,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -37,7 +37,7 @@ from idt_contract.events import (
 )
 from idt_contract.streams import alerts_stream, stream_for
 
-from .procs import OUTBOX_PENDING, ActivitySampler, BenchError, scrape
+from .procs import OUTBOX_PENDING, ActivitySampler, BenchError, ServerTree, scrape
 from .report import LATENCY_SLICES, Latency, Limit
 from .synth import clone_customer_ref, date_of, read_lines, stream_of
 
@@ -417,7 +417,7 @@ def run_latency(
     probe_rate: float,
     drain: Callable[[dict[str, bytes]], None],
     on_second: Callable[[float], None] | None = None,
-    watch: dict[str, int] | None = None,
+    watch: Mapping[str, int | ServerTree] | None = None,
 ) -> Latency:
     """Register the probe claims (and drain), then publish at a steady `rate` for
     `seconds`: the filler's events with one probe claim's clearance every

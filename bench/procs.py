@@ -19,9 +19,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import psutil
@@ -29,6 +30,8 @@ import psutil
 from idt_cli.services import SERVICES
 from idt_cli.up import pinned_service_env
 from idt_runtime.embedded_redis import EmbeddedRedis, free_port
+
+from .report import POSTGRES_LABEL
 
 SERVICE_NAMES: tuple[str, ...] = tuple(s.name for s in SERVICES)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +105,9 @@ class BenchStack:
     settings: dict[str, str] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
     running: list[Replica] = field(default_factory=list)
+    #: The PostgreSQL server's processes, when they run on this machine
+    #: (`local_postgres`): sampled beside the services.
+    database_server: ServerTree | None = None
 
     @property
     def logs(self) -> Path:
@@ -233,6 +239,14 @@ class BenchStack:
             out["redis-server"] = self.redis.proc.pid
         return out
 
+    def sampled(self) -> dict[str, int | ServerTree]:
+        """What the samplers watch: every process of the system (`pids`) and the
+        PostgreSQL server's, when known."""
+        out: dict[str, int | ServerTree] = dict(self.pids())
+        if self.database_server is not None:
+            out[POSTGRES_LABEL] = self.database_server
+        return out
+
     def urls(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for r in self.running:
@@ -296,7 +310,121 @@ class ProcSamples:
         return self.system_end - self.system_start
 
 
-def _cpu(proc: psutil.Process) -> tuple[float | None, float | None]:
+class _Times(NamedTuple):
+    user: float
+    system: float
+
+
+class _Memory(NamedTuple):
+    rss: int
+
+
+class _IO(NamedTuple):
+    read_bytes: int
+
+
+class ServerTree:
+    """A server's processes counted as one, for the samplers (they call
+    `cpu_times`, `memory_info` and `io_counters`, as of a `psutil.Process`):
+    PostgreSQL's postmaster and its children, which come and go with connections.
+
+    CPU: the root's own, its children's still running, and those of its children
+    that exited (the kernel adds a child's times to its parent's `children_*` once
+    the parent has waited for it, as the postmaster does); a child exiting between
+    two reads can be missed or counted twice for that moment. RSS: the processes'
+    memory not shared (RSS less shared pages) plus the largest shared part once
+    (the shared buffers every backend maps). Bytes read from storage: the live
+    processes' only (an exited backend's go with it)."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root = root
+        self.pid = root.pid
+
+    def _children(self) -> list[psutil.Process]:
+        try:
+            return list(self.root.children(recursive=True))
+        except psutil.Error:
+            return []
+
+    def cpu_times(self) -> _Times:
+        t = self.root.cpu_times()  # raises psutil.Error once the server is gone
+        user = t.user + t.children_user
+        system = t.system + t.children_system
+        for child in self._children():
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                user += c.user
+                system += c.system
+        return _Times(user, system)
+
+    def memory_info(self) -> _Memory:
+        private = shared_max = 0
+        for proc in [self.root, *self._children()]:
+            try:
+                m = proc.memory_info()
+            except psutil.Error:
+                continue
+            shared = int(getattr(m, "shared", 0))
+            private += max(0, int(m.rss) - shared)
+            shared_max = max(shared_max, shared)
+        return _Memory(private + shared_max)
+
+    def io_counters(self) -> _IO:
+        total = 0
+        for proc in [self.root, *self._children()]:
+            with contextlib.suppress(psutil.Error, AttributeError, NotImplementedError):
+                total += int(proc.io_counters().read_bytes)  # type: ignore[attr-defined]
+        return _IO(total)
+
+
+def local_postgres(database_url: str) -> ServerTree | None:
+    """The processes of the PostgreSQL server behind `database_url` when it runs on
+    this machine and they can be read (the same process namespace, the rights to
+    read them), else None. Found from a connection's own backend: its pid, checked
+    by its process title (which names the database), and the backend's parent, the
+    postmaster. A server in a container or on another host is not found (the pid
+    it reports is not this machine's) and is reported as not measured."""
+    import sqlalchemy
+
+    from .stores import psycopg_url
+
+    engine = sqlalchemy.create_engine(psycopg_url(database_url))
+    try:
+        with engine.connect() as c:
+            pid, database = c.exec_driver_sql("SELECT pg_backend_pid(), current_database()").one()
+            try:
+                backend = psutil.Process(int(pid))
+                title = " ".join(backend.cmdline())
+                root = backend.parent()
+            except psutil.Error:
+                return None
+    except Exception:
+        return None
+    finally:
+        engine.dispose()
+    # The title is "postgres: <user> <database> <client> <state>" (update_process_title).
+    if root is None or f" {database} " not in f" {title} " or "postgres" not in title:
+        return None
+    return ServerTree(root)
+
+
+def _pid(p: int | ServerTree) -> int:
+    return p.pid if isinstance(p, ServerTree) else p
+
+
+def _processes(pids: Mapping[str, int | ServerTree]) -> dict[str, psutil.Process | ServerTree]:
+    """Label -> the process to sample (a pid's, while it exists), or the tree."""
+    out: dict[str, psutil.Process | ServerTree] = {}
+    for label, p in pids.items():
+        if isinstance(p, ServerTree):
+            out[label] = p
+            continue
+        with contextlib.suppress(psutil.Error):
+            out[label] = psutil.Process(p)
+    return out
+
+
+def _cpu(proc: psutil.Process | ServerTree) -> tuple[float | None, float | None]:
     """(user + system, system) CPU seconds of the process so far."""
     try:
         t = proc.cpu_times()
@@ -309,13 +437,10 @@ class RssSampler:
     """Every `interval` seconds, the RSS of each process (psutil), in a thread;
     CPU time used between `start` and `stop`."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.5) -> None:
+    def __init__(self, pids: Mapping[str, int | ServerTree], interval: float = 0.5) -> None:
         self.interval = interval
-        self.samples = {label: ProcSamples(label, pid) for label, pid in pids.items()}
-        self._procs: dict[str, psutil.Process] = {}
-        for label, pid in pids.items():
-            with contextlib.suppress(psutil.Error):
-                self._procs[label] = psutil.Process(pid)
+        self.samples = {label: ProcSamples(label, _pid(p)) for label, p in pids.items()}
+        self._procs = _processes(pids)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -349,7 +474,7 @@ class RssSampler:
         return self.samples
 
 
-def _read_bytes(proc: psutil.Process) -> int | None:
+def _read_bytes(proc: psutil.Process | ServerTree) -> int | None:
     """Bytes the process has read from storage so far (Linux's `read_bytes`: reads
     that the kernel's page cache could not serve), None where the system does not
     say."""
@@ -363,12 +488,9 @@ class ActivitySampler:
     """Every `interval` seconds, each process's CPU time and bytes read from storage
     so far, in a thread: what each process did in a part of a phase (`between`)."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 1.0) -> None:
+    def __init__(self, pids: Mapping[str, int | ServerTree], interval: float = 1.0) -> None:
         self.interval = interval
-        self._procs: dict[str, psutil.Process] = {}
-        for label, pid in pids.items():
-            with contextlib.suppress(psutil.Error):
-                self._procs[label] = psutil.Process(pid)
+        self._procs = _processes(pids)
         #: label -> [(perf_counter(), CPU seconds, bytes read from storage)]
         self.samples: dict[str, list[tuple[float, float, int | None]]] = {
             label: [] for label in self._procs

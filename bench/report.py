@@ -14,6 +14,9 @@ from datetime import datetime
 
 from .profiling import ProfileSummary
 
+#: The label of the PostgreSQL server's processes in the samples and the results.
+POSTGRES_LABEL = "postgresql (server)"
+
 #: The goals of issue 6 (reported, pass or fail; never asserted by tests).
 GOAL_RATIO = 0.25
 NATIONAL_YEAR_EVENTS = 30_000_000
@@ -861,6 +864,15 @@ def _memory(r: Results) -> list[str]:
         "page cache, sockets, page faults) says whether a process waits on I/O work.",
         "",
     ]
+    if any(p.label == POSTGRES_LABEL for run in r.runs for p in run.throughput.processes):
+        out += [
+            f"*{POSTGRES_LABEL}* is every process of the PostgreSQL server the services "
+            "used (the postmaster and its children: the services' backends, the WAL writer, "
+            "the checkpointer, autovacuum), other databases' work on that server included; "
+            "its CPU counts children that exited during the replay, and its RSS is their "
+            "memory not shared plus the largest shared part (the shared buffers) once.",
+            "",
+        ]
     for run in r.runs:
         t = run.throughput
         rows = [

@@ -29,6 +29,7 @@ from bench.phases import (
 )
 from bench.procs import parse_metric_sum
 from bench.report import (
+    POSTGRES_LABEL,
     Goal,
     Latency,
     Limit,
@@ -48,7 +49,7 @@ from bench.report import (
 from bench.synth import LineFields
 from idt_cli.offices import DEFAULT_OFFICES, read_registry
 from idt_cli.simulate import offices_by_kind
-from idt_contract import DecodeError, decode
+from idt_contract import DecodeError, decode, stream_for
 from idt_contract.events import NINO_IN_TEXT, ClaimCleared, ClaimRegistered
 
 SEED = 11
@@ -555,6 +556,62 @@ def test_the_scheduler_alone_applies_the_whole_log_to_its_store(tmp_path: Path) 
     assert claims == info.claims
     assert recorded == info.events
     assert windows > 0
+
+
+def test_the_postgresql_server_is_a_process_row_with_a_note_on_what_it_counts() -> None:
+    run = a_run(1_000_000, 200.0, 60_000.0, (100 * MiB, 100 * MiB))
+    pg = ProcessStats(POSTGRES_LABEL, 300 * MiB, 290 * MiB, 300 * MiB, 80.0, is_service=False)
+    t = replace(run.throughput, processes=(*run.throughput.processes, pg))
+    text = render(results([replace(run, throughput=t)], None))
+    memory = text[text.index("## Peak memory per process") :]
+    row = next(line for line in memory.splitlines() if line.startswith(f"| {POSTGRES_LABEL} |"))
+    assert "(not a service)" in row and "80.0 s (40%)" in row and "| 80 µs |" in row
+    assert "every process of the PostgreSQL server" in memory
+    # All processes' CPU per event counts it: (100 + 5 + 80) s over 1M events.
+    assert "| 185 µs |" in text
+    # Without it, no such note.
+    plain = render(results([run], None))
+    assert "every process of the PostgreSQL server" not in plain
+
+
+def test_two_partitions_of_the_scheduler_alone_share_the_claims(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from bench import alone
+
+    info = synth.ensure_log(tmp_path, 3_000, SEED)
+    counts = []
+    for i in (0, 1):
+        db = tmp_path / f"scheduler-{i}.db"
+        result = alone.replay(info.path, db, partition=(i, 2))
+        assert result["events"] == info.events  # every entry read and decoded
+        engine = create_engine(f"sqlite:///{db}")
+        with engine.connect() as c:
+            ids = set(c.execute(text("SELECT claim_id FROM sch_claims")).scalars())
+            recorded = c.execute(text("SELECT count(*) FROM sch_processed_events")).scalar_one()
+            ticks = c.execute(text("SELECT count(*) FROM sch_clock")).scalar_one()
+        engine.dispose()
+        assert ids and all(alone.owns(c, (i, 2)) for c in ids)
+        assert recorded == result["applied"] < info.events
+        assert ticks == 1  # business time kept by each
+        counts.append((ids, recorded))
+    (ids0, n0), (ids1, n1) = counts
+    assert not ids0 & ids1 and len(ids0 | ids1) == info.claims
+    # Ticks and office registrations are applied by both; every claim event by one.
+    shared = {stream_for("clock-tick"), stream_for("office-registered")}
+    n_shared = sum(synth.stream_of(line) in shared for line in synth.read_lines(info.path))
+    assert n_shared > 0 and n0 + n1 == info.events + n_shared
+
+
+def test_a_partition_is_i_of_n() -> None:
+    import argparse
+
+    from bench import alone
+
+    assert alone.parse_partition("1/4") == (1, 4)
+    for bad in ("4/4", "-1/2", "1", "a/b"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            alone.parse_partition(bad)
 
 
 def test_latency_by_slice_shows_where_the_tail_gathers() -> None:
