@@ -74,6 +74,7 @@ from .procs import (
     MetricsSampler,
     ProcSamples,
     RssSampler,
+    ServerNotSeen,
     local_postgres,
 )
 from .procs import scrape as scrape_metric
@@ -630,12 +631,12 @@ class Bench:
                         f"cannot create the bench's database {pg.name}: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}"
                     ) from None
-                stack.database_server = local_postgres(stack.database_url)
-                if stack.database_server is None:
+                try:
+                    stack.database_server = local_postgres(stack.database_url)
+                except ServerNotSeen as why:
                     self.postgres_unseen = True
                     self.console.print(
-                        "PostgreSQL's processes are not on this machine or not readable: "
-                        "its CPU is not counted"
+                        f"PostgreSQL's processes are not sampled ({why}): its CPU is not counted"
                     )
             url = stack.start_redis()
             client = redis.Redis.from_url(url, socket_timeout=600)

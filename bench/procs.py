@@ -330,11 +330,12 @@ class ServerTree:
 
     CPU: the root's own, its children's still running, and those of its children
     that exited (the kernel adds a child's times to its parent's `children_*` once
-    the parent has waited for it, as the postmaster does); a child exiting between
-    two reads can be missed or counted twice for that moment. RSS: the processes'
-    memory not shared (RSS less shared pages) plus the largest shared part once
-    (the shared buffers every backend maps). Bytes read from storage: the live
-    processes' only (an exited backend's go with it)."""
+    the parent has waited for it, as the postmaster does); a child that exits
+    between the read of the root's times and the listing of the children is missed
+    for that read. RSS: the processes' memory not shared (RSS less shared pages)
+    plus the largest shared part once (the shared buffers every backend maps).
+    Bytes read from storage: the live processes' only (an exited backend's go with
+    it), so a lower bound."""
 
     def __init__(self, root: psutil.Process) -> None:
         self.root = root
@@ -370,41 +371,64 @@ class ServerTree:
         return _Memory(private + shared_max)
 
     def io_counters(self) -> _IO:
-        total = 0
+        """Raises `psutil.AccessDenied` when no process's could be read (a server
+        run by another user, read without root): not measured, rather than 0."""
+        total, read = 0, False
         for proc in [self.root, *self._children()]:
             with contextlib.suppress(psutil.Error, AttributeError, NotImplementedError):
                 total += int(proc.io_counters().read_bytes)  # type: ignore[attr-defined]
+                read = True
+        if not read:
+            raise psutil.AccessDenied(self.pid)
         return _IO(total)
 
 
-def local_postgres(database_url: str) -> ServerTree | None:
-    """The processes of the PostgreSQL server behind `database_url` when it runs on
+class ServerNotSeen(Exception):
+    """The PostgreSQL server's processes cannot be sampled from here; says why."""
+
+
+#: How far the postmaster's start may be from the server's own account of it.
+POSTMASTER_START_SLACK_S = 2.0
+
+
+def local_postgres(database_url: str) -> ServerTree:
+    """The processes of the PostgreSQL server behind `database_url`, when it runs on
     this machine and they can be read (the same process namespace, the rights to
-    read them), else None. Found from a connection's own backend: its pid, checked
-    by its process title (which names the database), and the backend's parent, the
-    postmaster. A server in a container or on another host is not found (the pid
-    it reports is not this machine's) and is reported as not measured."""
+    read them); raises `ServerNotSeen` saying why not. Found from a connection's own
+    backend: its pid, checked by its process title (which names the database), and
+    the backend's parent, checked to be the postmaster (named postgres, started
+    when the server says it started). A server in a container or on another host
+    reports pids that are not this machine's: not found."""
     import sqlalchemy
+    from sqlalchemy.exc import SQLAlchemyError
 
     from .stores import psycopg_url
 
     engine = sqlalchemy.create_engine(psycopg_url(database_url))
     try:
         with engine.connect() as c:
-            pid, database = c.exec_driver_sql("SELECT pg_backend_pid(), current_database()").one()
+            pid, database, started = c.exec_driver_sql(
+                "SELECT pg_backend_pid(), current_database(), pg_postmaster_start_time()"
+            ).one()
             try:
                 backend = psutil.Process(int(pid))
                 title = " ".join(backend.cmdline())
                 root = backend.parent()
-            except psutil.Error:
-                return None
-    except Exception:
-        return None
+                root_name = root.name() if root is not None else ""
+                root_started = root.create_time() if root is not None else 0.0
+            except psutil.Error as exc:
+                raise ServerNotSeen(f"its backend {pid} cannot be read here ({exc!r})") from None
+    except SQLAlchemyError as exc:
+        raise ServerNotSeen(f"cannot ask it ({type(exc).__name__})") from None
     finally:
         engine.dispose()
     # The title is "postgres: <user> <database> <client> <state>" (update_process_title).
-    if root is None or f" {database} " not in f" {title} " or "postgres" not in title:
-        return None
+    if f" {database} " not in f" {title} " or "postgres" not in title:
+        raise ServerNotSeen(f"process {pid} here is not its backend ({title[:80]!r})")
+    if root is None or root_name not in ("postgres", "postmaster"):
+        raise ServerNotSeen(f"the parent of its backend {pid} is not a postmaster")
+    if abs(root_started - started.timestamp()) > POSTMASTER_START_SLACK_S:
+        raise ServerNotSeen(f"process {root.pid} did not start when the server did")
     return ServerTree(root)
 
 

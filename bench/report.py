@@ -869,8 +869,10 @@ def _memory(r: Results) -> list[str]:
             f"*{POSTGRES_LABEL}* is every process of the PostgreSQL server the services "
             "used (the postmaster and its children: the services' backends, the WAL writer, "
             "the checkpointer, autovacuum), other databases' work on that server included; "
-            "its CPU counts children that exited during the replay, and its RSS is their "
-            "memory not shared plus the largest shared part (the shared buffers) once.",
+            "its CPU counts children that exited during the replay, its RSS is their "
+            "memory not shared plus the largest shared part (the shared buffers) once, and "
+            "what it read from storage is a lower bound (an exited backend's reads go with "
+            "it).",
             "",
         ]
     for run in r.runs:
