@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -373,6 +375,32 @@ def test_sweep_chunks_wait_for_claim_events_but_are_never_starved(sweeping, r, m
     # One chunk of 2 claims after each ask: at least three asks for six claims.
     assert len(asked) >= 3
     assert all(QUIET_WAIT_MIN_S <= w < 5 for w in asked)
+
+
+def test_the_sweep_pauses_after_each_chunk_for_twice_its_time(sweeping, r, monkeypatch):
+    """After a chunk the sweeper waits SWEEP_PAUSE_FACTOR times as long as the chunk
+    held the write lock, so that the claims a tick makes due take at most a third
+    of the scheduler's time, the claim events beside them the rest."""
+    from services.scheduler import app, handlers
+
+    real = handlers.Scheduler.sweep_due
+    started: list[float] = []
+
+    def slow_chunk(self, session, limit=None, skip=frozenset()):  # type: ignore[no-untyped-def]
+        began = time.monotonic()
+        swept = real(self, session, limit, skip)
+        if swept:
+            started.append(began)
+            time.sleep(0.2)  # the chunk holds the write lock 0.2 s at least
+        return swept
+
+    monkeypatch.setattr(handlers.Scheduler, "sweep_due", slow_chunk)
+    tick(r, "2007-03-25")
+    wait_for(lambda: len(closing_alerts(r)) == len(SWEEP_CLAIMS), timeout=20)
+    assert len(started) == 3  # six claims, two a chunk (the tick did the seventh)
+    gaps = [b - a for a, b in itertools.pairwise(started)]
+    # The chunk's 0.2 s, then a pause of at least twice that.
+    assert all(g >= 0.2 * (1 + app.SWEEP_PAUSE_FACTOR) - 0.02 for g in gaps), gaps
 
 
 def test_a_scrape_under_way_holds_no_commit_back(sched, r, monkeypatch):
