@@ -107,22 +107,6 @@ QUIET_WAIT_MIN_S = 0.01
 #: 20,000 claims due, and their sweep back to back took the whole core for ten
 #: seconds, alerts 264 ms late at p99).
 SWEEP_PAUSE_FACTOR = 2.0
-#: A sweep chunk is sized to hold the write lock about this long: as many claims
-#: as the last chunk's time per claim allows, from 1 up to `SWEEP_CHUNK`. A claim
-#: event arriving during a chunk waits for it, so the chunk's time is its delay.
-#: At 1M events a claim takes about 0.5 ms (chunks of about 20); after a 10M
-#: replay, with chunks of 25, alerts were 83 and 127 ms late at p99 in the two
-#: ten seconds after a tick (35-51 ms before it), while the sweep of the ~20,000
-#: claims it made due read 64-69 MiB from storage every ten seconds.
-SWEEP_HOLD_S = 0.010
-
-
-def sweep_chunk_size(per_claim_s: float | None) -> int:
-    """How many claims the next sweep chunk takes, given what a claim took in
-    the last one (None: not known yet)."""
-    if per_claim_s is None or per_claim_s <= 0:
-        return handlers.SWEEP_CHUNK
-    return max(1, min(handlers.SWEEP_CHUNK, int(SWEEP_HOLD_S / per_claim_s)))
 
 
 def due_sweeper(
@@ -138,13 +122,8 @@ def due_sweeper(
     # skipped, so that one bad claim cannot hold back every claim due after it.
     failing: dict[str, date] = {}
 
-    # What a claim took in the last chunk, for the next chunk's size (kept from one
-    # sweep to the next: the first chunk after a tick is sized too).
-    per_claim_s: float | None = None
-
-    def sweep_once(runtime: ServiceRuntime, limit: int) -> tuple[int, float]:
-        """Up to `limit` claims re-evaluated: how many, and the seconds the write
-        lock was held for them."""
+    def sweep_once(runtime: ServiceRuntime) -> tuple[int, float]:
+        """Claims re-evaluated, and the seconds the write lock was held for them."""
         engine = runtime.engine
         assert engine is not None
         held = 0.0
@@ -168,7 +147,7 @@ def due_sweeper(
         skip = frozenset(failing)
         try:
             with writing() as s:
-                n = len(scheduler.sweep_due(s, limit=limit, skip=skip))
+                n = len(scheduler.sweep_due(s, skip=skip))
             return n, held
         except Exception as exc:
             if is_infra(exc) or is_race(exc):
@@ -177,9 +156,9 @@ def due_sweeper(
         # A claim in the chunk cannot be evaluated: one claim at a time, to find it.
         with runtime.read_session() as s:
             as_of = handlers.business_date(s)
-            due = handlers.due_claims(s, as_of, limit + len(skip)) if as_of else []
+            due = handlers.due_claims(s, as_of, handlers.SWEEP_CHUNK + len(skip)) if as_of else []
         done = 0
-        for claim_id in [c for c in due if c not in skip][:limit]:
+        for claim_id in [c for c in due if c not in skip][: handlers.SWEEP_CHUNK]:
             try:
                 with writing() as s:
                     scheduler.reevaluate(s, [claim_id])
@@ -195,7 +174,6 @@ def due_sweeper(
         return done, held
 
     async def run(runtime: ServiceRuntime) -> None:
-        nonlocal per_claim_s
         # Both counters exported from the start at 0, so that a first failure is
         # an increase Prometheus sees (the IdtClaimsNotReevaluated alert).
         runtime.metrics.swept.labels(runtime.spec.name)
@@ -214,18 +192,16 @@ def due_sweeper(
                     # third of the writing).
                     if runtime.consumer is not None:
                         await runtime.consumer.quiet(max(QUIET_WAIT_MIN_S, 2 * held))
-                    limit = sweep_chunk_size(per_claim_s)
-                    n, held = await asyncio.to_thread(sweep_once, runtime, limit)
+                    n, held = await asyncio.to_thread(sweep_once, runtime)
                     if n <= 0:
                         break
-                    per_claim_s = held / n
                     swept, chunks = swept + n, chunks + 1
                     held_total, held_max = held_total + held, max(held_max, held)
                     sizes.append(n)
                     runtime.metrics.swept.labels(runtime.spec.name).inc(n)
                     if runtime.relay is not None:
                         runtime.relay.notify()
-                    if n < limit:
+                    if n < handlers.SWEEP_CHUNK:
                         break
                     await asyncio.sleep(SWEEP_PAUSE_FACTOR * held)
             except asyncio.CancelledError:
