@@ -7,6 +7,7 @@ share one PostgreSQL database. Schemas are created by Alembic migrations
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -15,8 +16,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -312,6 +313,64 @@ def write_turn(engine: Engine, writer: str, *, slow_s: float = SLOW_WRITE_S) -> 
             writer, held, waited,
             f" behind {_behind(list(turns), asked, began)}" if waited >= slow_s else "",
         )  # fmt: skip
+
+
+@dataclass
+class ChunkTally:
+    """What a job done a chunk per write turn did (`paced_chunks`): rows or claims
+    done, chunks run and how long they held the write lock, for its log line."""
+
+    began: float = field(default_factory=perf_counter)
+    done: int = 0
+    chunks: int = 0
+    held: float = 0.0
+    held_max: float = 0.0
+
+    def add(self, n: int, held: float) -> None:
+        self.done += n
+        self.chunks += 1
+        self.held += held
+        self.held_max = max(self.held_max, held)
+
+    def summary(self) -> str:
+        return (
+            f"in {perf_counter() - self.began:.1f} s ({self.chunks} chunks, holding the write "
+            f"lock {self.held:.2f} s in all and {self.held_max:.3f} s at most)"
+        )
+
+
+async def paced_chunks(
+    chunk: Callable[[], tuple[int, float]],
+    size: int,
+    tally: ChunkTally,
+    *,
+    quiet: Callable[[float], Awaitable[bool]] | None = None,
+    pause_factor: float = 2.0,
+    quiet_min_s: float = 0.01,
+    running: Callable[[], bool] = lambda: True,
+    after: Callable[[int], None] | None = None,
+) -> None:
+    """Run `chunk` in a thread (one transaction; it returns how much it did and how
+    long it held the write lock) until it does fewer than `size`, for background
+    work that can wait (the outbox prune, the scheduler's due sweep). After each
+    chunk it pauses `pause_factor` times the chunk's hold, so that it takes at most
+    a share of the writing; before each it waits for `quiet` (the consumer having
+    no batch in hand), for at most twice the last hold (at least `quiet_min_s`), so
+    that claim events go first but a backlog never starves it. `after` is told
+    what each chunk that did something did; `tally` keeps count, also when a chunk
+    raises."""
+    held = 0.0
+    while running():
+        if held:
+            await asyncio.sleep(pause_factor * held)
+        if quiet is not None:
+            await quiet(max(quiet_min_s, 2 * held))
+        n, held = await asyncio.to_thread(chunk)
+        tally.add(n, held)
+        if n > 0 and after is not None:
+            after(n)
+        if n < size:
+            return
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from idt_contract import Envelope, encode, stream_for
 from idt_contract.streams import DATA_FIELD, outbox_run_key
 
 from .bulk import bulk_insert
-from .db import RuntimeTables, lock_scope, write_turn
+from .db import ChunkTally, RuntimeTables, lock_scope, paced_chunks, write_turn
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger("idt.outbox")
@@ -277,31 +277,17 @@ class OutboxRelay:
         moments between, and claim events waited up to a chunk each
         (docs/decisions.md, Publishing)."""
         cutoff = self._prune_cutoff(now)
-        total = 0
-        held = 0.0
-        chunks = 0
-        held_total = held_max = 0.0
-        began = perf_counter()
-        while self._running:
-            if held:  # at most a third of the time: the other services prune too
-                await asyncio.sleep(PRUNE_PAUSE_FACTOR * held)
-            if self.quiet is not None:
-                await self.quiet(max(PRUNE_QUIET_MIN_S, 2 * held))
-            gone, held = await asyncio.to_thread(self._prune_chunk, cutoff, chunk)
-            total += gone
-            chunks += 1
-            held_total += held
-            held_max = max(held_max, held)
-            if gone < chunk:
-                break
-        if total:
-            self.metrics.outbox_pruned.labels(self.service).inc(total)
-            log.info(
-                "%s: pruned %d published outbox rows in %.1f s (%d chunks, holding the write "
-                "lock %.1f s in all and %.2f s at most)",
-                self.service, total, perf_counter() - began, chunks, held_total, held_max,
-            )  # fmt: skip
-        return total
+        tally = ChunkTally()
+        await paced_chunks(
+            lambda: self._prune_chunk(cutoff, chunk), chunk, tally,
+            quiet=self.quiet, pause_factor=PRUNE_PAUSE_FACTOR, quiet_min_s=PRUNE_QUIET_MIN_S,
+            running=lambda: self._running,
+        )  # fmt: skip
+        if tally.done:
+            self.metrics.outbox_pruned.labels(self.service).inc(tally.done)
+            log.info("%s: pruned %d published outbox rows %s",
+                     self.service, tally.done, tally.summary())  # fmt: skip
+        return tally.done
 
     def _prune_cutoff(self, now: datetime | None) -> datetime:
         return (now or datetime.now(UTC)) - timedelta(seconds=self.retention_s)

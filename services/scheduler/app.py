@@ -19,7 +19,7 @@ from sqlmodel import Session
 from idt_contract.events import ClaimId, OfficeId
 from idt_runtime.clock import Clock
 from idt_runtime.consumer import is_infra, is_race
-from idt_runtime.db import write_turn
+from idt_runtime.db import ChunkTally, paced_chunks, write_turn
 from idt_runtime.service import ServiceRuntime, ServiceSpec, build_app
 from idt_runtime.settings import RuntimeSettings
 
@@ -178,43 +178,27 @@ def due_sweeper(
         # an increase Prometheus sees (the IdtClaimsNotReevaluated alert).
         runtime.metrics.swept.labels(runtime.spec.name)
         runtime.metrics.sweep_failures.labels(runtime.spec.name)
+
+        def swept(n: int) -> None:
+            runtime.metrics.swept.labels(runtime.spec.name).inc(n)
+            if runtime.relay is not None:
+                runtime.relay.notify()
+
         while True:
             await asyncio.sleep(interval_s)
-            began = perf_counter()
-            swept = chunks = 0
-            held = held_total = held_max = 0.0
-            sizes: list[int] = []
+            tally = ChunkTally()
             try:
-                while True:
-                    # Claim events first: a chunk waits until the consumer has no
-                    # batch in hand, for at most twice the time the last chunk held
-                    # the write lock (under a backlog the sweep still gets up to a
-                    # third of the writing).
-                    if runtime.consumer is not None:
-                        await runtime.consumer.quiet(max(QUIET_WAIT_MIN_S, 2 * held))
-                    n, held = await asyncio.to_thread(sweep_once, runtime)
-                    if n <= 0:
-                        break
-                    swept, chunks = swept + n, chunks + 1
-                    held_total, held_max = held_total + held, max(held_max, held)
-                    sizes.append(n)
-                    runtime.metrics.swept.labels(runtime.spec.name).inc(n)
-                    if runtime.relay is not None:
-                        runtime.relay.notify()
-                    if n < handlers.SWEEP_CHUNK:
-                        break
-                    await asyncio.sleep(SWEEP_PAUSE_FACTOR * held)
+                await paced_chunks(
+                    lambda: sweep_once(runtime), handlers.SWEEP_CHUNK, tally,
+                    quiet=runtime.consumer.quiet if runtime.consumer is not None else None,
+                    pause_factor=SWEEP_PAUSE_FACTOR, quiet_min_s=QUIET_WAIT_MIN_S, after=swept,
+                )  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a lost race or the database away: next time
                 log.warning("scheduler: sweeping due claims failed: %r", exc)
-            if swept:
-                log.info(
-                    "scheduler: swept %d due claims in %.1f s (%d chunks of %d to %d, "
-                    "holding the write lock %.2f s in all and %.3f s at most)",
-                    swept, perf_counter() - began, chunks, min(sizes), max(sizes),
-                    held_total, held_max,
-                )  # fmt: skip
+            if tally.done:
+                log.info("scheduler: swept %d due claims %s", tally.done, tally.summary())
 
     return run
 

@@ -260,7 +260,7 @@ def test_trim_before_latency_deletes_only_what_every_group_acked(r) -> None:
     # entries of that millisecond: let its clock pass the last entry's first (all
     # of the above can take less than one on a fast machine).
     last_ms = int(ids[-1].split(b"-")[0])
-    while (lambda t: t[0] * 1000 + t[1] // 1000)(r.time()) <= last_ms:
+    while (now := r.time())[0] * 1000 + now[1] // 1000 <= last_ms:
         time.sleep(0.001)
     deleted, note = trim_acked(r)
     assert deleted == 2
