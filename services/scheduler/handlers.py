@@ -126,7 +126,7 @@ def due_claims(session: Session, as_of: date, limit: int) -> list[str]:
 
 def office_kinds(session: Session) -> dict[str, str]:
     """The registry as the scheduler knows it: office id -> kind."""
-    return dict(session.execute(_REGISTRY).tuples().all())
+    return {office: kind for office, kind in session.execute(_REGISTRY)}
 
 
 def jobcentre_ids(registry: dict[str, str]) -> frozenset[str]:
