@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -84,11 +86,16 @@ def parse_partition(text: str) -> tuple[int, int]:
 
 
 def replay(
-    log: Path, db: Path, group_size: int = GROUP, partition: tuple[int, int] = (0, 1)
+    log: Path,
+    db: Path,
+    group_size: int = GROUP,
+    partition: tuple[int, int] = (0, 1),
+    limit: int | None = None,
 ) -> dict[str, float]:
-    """Apply the log to a new scheduler store at `db`, `group_size` entries a
-    transaction (entries read, the claim events of other partitions' claims among
-    them); CPU and wall time spent, and the events applied."""
+    """Apply the log (its first `limit` entries, when given) to a new scheduler
+    store at `db`, `group_size` entries a transaction (entries read, the claim
+    events of other partitions' claims among them); CPU and wall time spent, and
+    the events applied."""
     # As the service runs: its WAL checkpointed by a thread of its own every
     # IDT_SQLITE_CHECKPOINT_S (commits only past the fallback), not by the commits
     # every 1,000 pages (`main` tunes garbage collection as the service does).
@@ -120,6 +127,8 @@ def replay(
     checkpointer.start()
     group: dict[str, list[tuple[RawEntry, Envelope]]] = defaultdict(list)
     for line in synth.read_lines(log):
+        if limit is not None and n >= limit:
+            break
         stream = synth.stream_of(line)
         entry = RawEntry(stream, f"{n + 1}-0", {DATA_FIELD_B: line})
         began = time.process_time()
@@ -148,6 +157,56 @@ def replay(
     }
 
 
+#: What a run under callgrind needs to be repeatable: the same string hashes, and
+#: no checkpoint thread (it wakes by the clock, and valgrind slows the run ~60x).
+CALLGRIND_ENV = {"PYTHONHASHSEED": "0", "IDT_SQLITE_CHECKPOINT_S": "0"}
+_I_REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
+
+
+def callgrind_total(report: str) -> int:
+    """The instructions a callgrind run executed, from its summary on stderr."""
+    found = _I_REFS.findall(report)
+    if not found:
+        raise ValueError("no 'I refs' line in callgrind's output")
+    return int(found[-1].replace(",", ""))
+
+
+def instructions_per_event(full: int, start_up: int, events: int) -> float:
+    """Instructions an event: the full run's less a run that applied nothing
+    (start-up, migrations, reading the log's first line), over the events."""
+    if events <= 0:
+        raise ValueError("no events applied")
+    return (full - start_up) / events
+
+
+def _under_callgrind(argv: list[str], events: int, group: int) -> int:
+    import subprocess
+
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("--instructions needs valgrind (apt install valgrind)", file=sys.stderr)
+        return 2
+    env = {**os.environ, **CALLGRIND_ENV}
+    totals: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="idt-bench-callgrind-") as tmp:
+        for extra in ([], ["--apply-none"]):
+            out = Path(tmp) / f"callgrind{len(totals)}.out"
+            cmd = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
+            cmd += [sys.executable, "-m", "bench.alone", *argv, *extra]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                sys.stderr.write(done.stderr[-4000:])
+                return done.returncode
+            totals.append(callgrind_total(done.stderr))
+    full, start_up = totals
+    print(
+        f"scheduler alone under callgrind ({Path.cwd()}): {events:,} events, "
+        f"{instructions_per_event(full, start_up, events):,.0f} instructions per event "
+        f"(the run {full:,}, its start-up {start_up:,}), {group:,} entries a transaction"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.alone",
@@ -173,7 +232,22 @@ def main(argv: list[str] | None = None) -> int:
         "every tick and office), decoding every entry: one of N schedulers split by claim",
     )
     ap.add_argument("--profile", type=Path, help="write py-spy's collapsed stacks here")
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per event under valgrind's callgrind instead of CPU "
+        "time: repeatable to about 0.3%% on a machine whose speed moves by 10-40%%, "
+        "and some 60 times slower (use 5k-10k events)",
+    )
+    # The start-up run of --instructions: everything but applying the log.
+    ap.add_argument("--apply-none", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.instructions:
+        if args.profile is not None:
+            ap.error("--instructions and --profile do not go together")
+        info = synth.ensure_log(args.cache_dir, args.events, args.seed)  # made outside
+        rest = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--instructions"]
+        return _under_callgrind(rest, info.events, max(1, args.group))
     if args.profile is not None and not os.environ.get("IDT_BENCH_ALONE_CHILD"):
         import subprocess
 
@@ -189,8 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     info = synth.ensure_log(args.cache_dir, args.events, args.seed)
     tune_gc()
     with tempfile.TemporaryDirectory(prefix="idt-bench-alone-") as tmp:
-        r = replay(info.path, Path(tmp) / "scheduler.db", max(1, args.group), args.partition)
+        r = replay(
+            info.path,
+            Path(tmp) / "scheduler.db",
+            max(1, args.group),
+            args.partition,
+            limit=0 if args.apply_none else None,
+        )
     n = r["events"]
+    if n == 0:
+        print(f"scheduler alone ({Path.cwd()}): no events applied")
+        return 0
     i, parts = args.partition
     share = f", partition {i}/{parts} ({r['applied']:,.0f} applied)" if parts > 1 else ""
     print(

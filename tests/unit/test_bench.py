@@ -565,6 +565,31 @@ def test_the_scheduler_alone_applies_the_whole_log_to_its_store(tmp_path: Path) 
     assert windows > 0
 
 
+def test_the_scheduler_alone_stops_after_its_limit(tmp_path: Path) -> None:
+    from bench import alone
+
+    info = synth.ensure_log(tmp_path, 3_000, SEED)
+    assert alone.replay(info.path, tmp_path / "none.db", limit=0)["events"] == 0
+    assert alone.replay(info.path, tmp_path / "some.db", limit=150)["events"] == 150
+
+
+def test_callgrind_counts_are_read_from_its_summary_and_start_up_is_taken_off() -> None:
+    from bench import alone
+
+    report = (
+        "==8835== Events    : Ir\n==8835== Collected : 11812450711\n==8835== \n"
+        "==8835== I   refs:      11,812,450,711\n"
+    )
+    assert alone.callgrind_total(report) == 11_812_450_711
+    with pytest.raises(ValueError, match="I refs"):
+        alone.callgrind_total("==1== some other tool's output\n")
+    assert alone.instructions_per_event(3_000_000, 1_000_000, 1_000) == 2_000.0
+    with pytest.raises(ValueError, match="no events"):
+        alone.instructions_per_event(3_000_000, 1_000_000, 0)
+    # What makes two runs repeat each other: the same hashes, no clock-driven thread.
+    assert alone.CALLGRIND_ENV == {"PYTHONHASHSEED": "0", "IDT_SQLITE_CHECKPOINT_S": "0"}
+
+
 def test_the_postgresql_server_is_a_process_row_with_a_note_on_what_it_counts() -> None:
     run = a_run(1_000_000, 200.0, 60_000.0, (100 * MiB, 100 * MiB))
     pg = ProcessStats(POSTGRES_LABEL, 300 * MiB, 290 * MiB, 300 * MiB, 80.0, is_service=False)
