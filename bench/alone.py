@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "--instructions",
         action="store_true",
         help="count instructions per event under valgrind's callgrind instead of CPU "
-        "time: repeatable to about 0.3%% on a machine whose speed moves by 10-40%%, "
+        "time: repeatable to within 0.1%% on a machine whose speed moves by 10-40%%, "
         "and some 60 times slower (use 5k-10k events)",
     )
     # The start-up run of --instructions: everything but applying the log.
