@@ -47,6 +47,7 @@ from sqlmodel import Session
 
 from idt_contract import DEAD_LETTERS, DecodeError, Envelope, decode_entry
 from idt_contract.events import NINO_IN_TEXT
+from idt_contract.streams import DATA_FIELD_B
 
 from .bulk import bulk_insert, ids_in
 from .db import RuntimeTables, write_turn
@@ -78,6 +79,22 @@ class RawEntry:
     stream: str
     entry_id: str
     fields: dict[bytes, bytes]
+
+
+#: `Session.info` key, set for the appliers of a batch transaction: each fresh
+#: event's id -> its `__data__` as read from the stream (the bytes its envelope
+#: was validated from), for an applier that stores events as they came without
+#: encoding them again. The contract forbids unknown attributes and data fields,
+#: so those bytes hold nothing the envelope does not (only spacing, key order and
+#: null optionals can differ).
+WIRE_PAYLOADS = "idt_wire_payloads"
+
+
+def wire_payload(session: Session, event: Envelope) -> bytes | None:
+    """The event's bytes as read from its stream, when a batch transaction of the
+    consumer is applying it (None otherwise: the caller encodes it)."""
+    wire: dict[str, bytes] | None = session.info.get(WIRE_PAYLOADS)
+    return wire.get(event.id) if wire is not None else None
 
 
 @dataclass
@@ -586,6 +603,8 @@ class EventConsumer:
         with write_turn(self.engine, writer), Session(self.engine) as session, session.begin():
             seen = set(session.execute(self._seen_query, {"ids": ids}).scalars())
             calls: dict[Applier, list[Envelope]] = {}
+            wire: dict[str, bytes] = {}
+            session.info[WIRE_PAYLOADS] = wire
             rows = []
             now = self._now()
             for stream, items in batches:
@@ -598,6 +617,9 @@ class EventConsumer:
                         continue
                     seen.add(ev.id)
                     calls.setdefault(self.appliers[stream], []).append(ev)
+                    raw = entry.fields.get(DATA_FIELD_B)
+                    if isinstance(raw, bytes):
+                        wire[ev.id] = raw
                     applied.append(entry.entry_id)
                     rows.append(
                         {

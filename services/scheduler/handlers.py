@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import BindParameter, Date, Integer, and_, bindparam, case, false, func, or_
 from sqlmodel import Session, col, select
 
-from idt_contract import Envelope, decode, make_event, stream_for
+from idt_contract import Envelope, decode, encode, make_event, stream_for
 from idt_contract.events import (
     AlertKind,
     OfficeKind,
@@ -34,7 +34,7 @@ from idt_contract.events import (
 from idt_contract.streams import alerts_stream
 from idt_domain.calendar import LONDON, london_date, utc_key
 from idt_runtime.bulk import bulk_insert, bulk_update_by_pk
-from idt_runtime.consumer import is_infra, is_race
+from idt_runtime.consumer import is_infra, is_race, wire_payload
 from idt_runtime.db import lock_scope
 from idt_runtime.latest import advance_clock, upsert_latest
 from idt_runtime.outbox import add_routed_to_outbox
@@ -245,7 +245,10 @@ class Scheduler:
                 "claim_id": claim_id,
                 "type": ev.type,
                 "time_key": fact[2] if fact is not None else utc_key(ev.time),
-                "payload": ev.model_dump_json(exclude_none=True).encode(),
+                # As read from the stream when the consumer applies it (it was
+                # validated from those bytes): encoding it again cost 2% of the
+                # scheduler's time.
+                "payload": wire_payload(session, ev) or encode(ev),
             }
         # Stored as they come: the consumer hands appliers only events whose ids
         # `sch_processed_events` does not hold, and records them there in this

@@ -7,7 +7,7 @@ from datetime import date
 
 import pytest
 from sqlalchemy import event, inspect
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from idt_runtime.db import make_engine, migrate
 from services.scheduler.app import SPEC
@@ -96,5 +96,48 @@ def test_a_scrape_counts_open_windows_from_an_index_alone(tmp_path):  # type: ig
         assert "USING COVERING INDEX ix_sch_windows_open" in plan, plan
         names = {i["name"] for i in inspect(engine).get_indexes("sch_windows")}
         assert "ix_sch_windows_status" not in names, names  # the new index leads with it
+    finally:
+        engine.dispose()
+
+
+def test_claim_events_are_stored_as_read_from_the_stream(tmp_path):  # type: ignore[no-untyped-def]
+    """Through the consumer's batch commit the scheduler keeps each claim event's
+    bytes as they came off the stream (validated from them), not encoded again;
+    applied by anything else, the event is encoded."""
+    import json
+
+    from idt_contract import decode_entry, encode, stream_for
+    from idt_contract.streams import DATA_FIELD_B
+    from idt_runtime.consumer import EventConsumer, RawEntry
+    from services.scheduler.handlers import Scheduler
+    from services.scheduler.models import SchEvent
+    from tests.samples import sample
+
+    engine = make_engine(f"sqlite:///{tmp_path}/sch.db")
+    migrate(engine, SPEC.migrations, "sch_alembic_version")
+    try:
+        scheduler = Scheduler()
+        consumer = EventConsumer(
+            service="scheduler", group="g", consumer="c", engine=engine, tables=SPEC.tables,
+            appliers=scheduler.appliers(), redis=None, metrics=None,  # type: ignore[arg-type]
+        )  # fmt: skip
+        stream = stream_for("claim-registered")
+        # Spaced, keys in another order: valid, but not how `encode` writes it.
+        wire = json.dumps(sample("claim-registered"), indent=2, sort_keys=True).encode()
+        entry = RawEntry(stream, "1-0", {DATA_FIELD_B: wire})
+        event = decode_entry(stream, entry.fields)
+        assert encode(event) != wire
+        consumer._commit_batches([(stream, [(entry, event)])])
+
+        other = decode_entry(
+            stream, {DATA_FIELD_B: json.dumps(sample("claim-registered", id="direct")).encode()}
+        )
+        with Session(engine) as s, s.begin():
+            scheduler.apply_claim_events(s, [other])
+
+        with Session(engine) as s:
+            stored = dict(s.exec(select(SchEvent.event_id, SchEvent.payload)).all())
+        assert bytes(stored[event.id]) == wire
+        assert bytes(stored["direct"]) == encode(other)
     finally:
         engine.dispose()
