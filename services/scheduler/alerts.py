@@ -166,14 +166,13 @@ def alerts_for(
                 )
             # CLOSING and MISSED per distinct window: the bases share one when their
             # dates agree; a measured window moved by a reset gets its own.
+            # (A window on one basis only is paired with itself: the same object.
+            # Two windows of a pair are never equal otherwise, their bases differ.)
             distinct: dict[tuple[date, date], list[Window]] = {}
-            for w in (p.policy, p.measured):
-                distinct.setdefault((w.opens, w.closes), [])
-                if w not in distinct[(w.opens, w.closes)]:
-                    distinct[(w.opens, w.closes)].append(w)
+            for w in (p.policy,) if p.measured is p.policy else (p.policy, p.measured):
+                distinct.setdefault((w.opens, w.closes), []).append(w)
             for (opens, closes), ws in distinct.items():
                 w = ws[0]
-                bases = " and ".join(dict.fromkeys(x.basis for x in ws))
                 dates = f"{opens}:{closes}"
                 if not w.status.final:
                     closing_from = closes - timedelta(config.closing_days)
@@ -181,7 +180,7 @@ def alerts_for(
                         key = f"{wid}:WINDOW_CLOSING:{dates}:{office}"
                         out.append(alert(p, "WINDOW_CLOSING", office, key))
                 elif w.status is Status.MISSED:
-                    note = f"missed on the {bases} basis"
+                    note = f"missed on the {' and '.join(x.basis for x in ws)} basis"
                     if p.conflict:
                         note += f"; {_conflict_note(p)}"
                     key = f"{wid}:WINDOW_MISSED:{dates}:{office}"
