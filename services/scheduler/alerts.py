@@ -160,7 +160,11 @@ def alerts_for(
             if not p.all_final:
                 # Once per window and pair of dates: a later move (a marker reset
                 # restarting the measured clock) announces the new dates.
-                dates = f"{p.policy.opens}:{p.policy.closes}:{p.measured.opens}:{p.measured.closes}"
+                po, pm = p.policy, p.measured
+                dates = ":".join(
+                    (po.opens.isoformat(), po.closes.isoformat(), pm.opens.isoformat(),
+                     pm.closes.isoformat())
+                )  # fmt: skip
                 out.append(
                     alert(p, "WINDOW_OPENED", office, f"{wid}:WINDOW_OPENED:{dates}:{office}")
                 )

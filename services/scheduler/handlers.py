@@ -436,7 +436,9 @@ class Scheduler:
                 "stage": stage,
                 "stage_days": json.dumps(stage_days) if stage_days else None,
                 "clock_start": w.clock_start,
-                "early_interviews": ",".join(d.isoformat() for d in w.early_interviews) or None,
+                "early_interviews": ",".join(map(date.isoformat, w.early_interviews))
+                if w.early_interviews
+                else None,
                 "late_interview": w.late_interview,
                 "booking_slot": slot,
                 "booking_state": state,
