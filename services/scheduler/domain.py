@@ -157,7 +157,8 @@ class ClaimHistory:
             benefit, start, registered, cc = reg[4], fromiso(reg[5]), fromiso(reg[1]), reg[6]
 
         def srt(xs: list[Dated]) -> tuple[Dated, ...]:
-            return tuple(sorted(xs, key=lambda x: (x.day, x.order)))
+            # Most kinds have no fact or one: nothing to sort.
+            return tuple(sorted(xs, key=_by_day)) if len(xs) > 1 else tuple(xs)
 
         return ClaimHistory(
             claim_id=claim_id,
@@ -217,6 +218,10 @@ class ClaimHistory:
             ):
                 resets.append(m.day)
         return resets
+
+
+def _by_day(x: Dated) -> tuple[date, Order]:
+    return x.day, x.order
 
 
 #: Kinds of fact that become a `Dated` (their fields after the event id are
