@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from idt_contract.events import (
     ClaimCleared,
@@ -81,16 +81,17 @@ class RulesConfig:
 Order = tuple[str, str]  # (UTC time key, event id): a total order in event time
 
 
-@dataclass(frozen=True)
-class Marker:
+class Marker(NamedTuple):
+    # NamedTuples (immutable, plain data), not frozen dataclasses: every evaluation
+    # of a claim makes one per fact, and a frozen dataclass sets each field through
+    # object.__setattr__.
     day: date
     order: Order
     marker: str
     value: str
 
 
-@dataclass(frozen=True)
-class Dated:
+class Dated(NamedTuple):
     """A dated fact about one intervention (interview, waiver, deferral...)."""
 
     day: date
