@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
+from typing import NamedTuple
 
 from idt_domain.calendar import is_working_day
 
@@ -25,8 +26,9 @@ class AlertConfig:
     closing_days: int = 7
 
 
-@dataclass(frozen=True)
-class Alert:
+class Alert(NamedTuple):
+    # A NamedTuple (immutable plain data), not a frozen dataclass: every evaluation
+    # builds each alert the claim calls for, sent before or not.
     key: str  # what makes it unique: never sent twice
     kind: str
     office_id: str

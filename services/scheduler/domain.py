@@ -296,8 +296,7 @@ class Window:
         return f"{self.claim_id}:{self.intervention}:{tail}"
 
 
-@dataclass(frozen=True)
-class _Decision:
+class _Decision(NamedTuple):  # one per window evaluated (see Marker)
     status: Status
     day: date | None
 
