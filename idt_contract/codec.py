@@ -6,7 +6,6 @@ readable reason fit for the dead-letter stream.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -66,11 +65,14 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
     if expected is not None:
         # The common case, a valid event of the stream's type, parsed once. Anything
         # else takes the careful path below, which says what is wrong.
-        with contextlib.suppress(Exception):
-            event: Envelope = expected.model_validate_json(raw)
-            # `type` has a default in each model: it must have been on the wire.
-            if "type" in event.model_fields_set:
-                return event
+        event: Envelope | None
+        try:  # (no context manager: this runs for every entry every service reads)
+            event = expected.model_validate_json(raw)
+        except Exception:
+            event = None  # whatever is wrong, the careful path says it
+        # `type` has a default in each model: it must have been on the wire.
+        if event is not None and "type" in event.model_fields_set:
+            return event
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,6 +107,10 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
 
 def decode_entry(stream: str, fields: dict[bytes, bytes]) -> Envelope:
     """Decode a raw stream entry read from `stream`."""
+    if len(fields) == 1:
+        data = fields.get(DATA_FIELD_B)
+        if data is not None:  # the one field an entry has
+            return decode(data, expected_type=type_of_stream(stream))
     extra = [k for k in fields if k != DATA_FIELD_B]
     if DATA_FIELD_B not in fields:
         names = ", ".join(repr(k.decode("utf-8", "replace")) for k in fields) or "none"
