@@ -107,18 +107,14 @@ def decode(raw: bytes | str, *, expected_type: str | None = None) -> Envelope:
 
 def decode_entry(stream: str, fields: dict[bytes, bytes]) -> Envelope:
     """Decode a raw stream entry read from `stream`."""
-    if len(fields) == 1:
-        data = fields.get(DATA_FIELD_B)
-        if data is not None:  # the one field an entry has
-            return decode(data, expected_type=type_of_stream(stream))
-    extra = [k for k in fields if k != DATA_FIELD_B]
-    if DATA_FIELD_B not in fields:
+    data = fields.get(DATA_FIELD_B)
+    if data is None:
         names = ", ".join(repr(k.decode("utf-8", "replace")) for k in fields) or "none"
         raise DecodeError(f"entry has no {DATA_FIELD} field (fields: {names})")
-    if extra:
-        names = ", ".join(repr(k.decode("utf-8", "replace")) for k in extra)
+    if len(fields) > 1:
+        names = ", ".join(repr(k.decode("utf-8", "replace")) for k in fields if k != DATA_FIELD_B)
         raise DecodeError(f"entry has fields besides {DATA_FIELD}: {names}")
-    return decode(fields[DATA_FIELD_B], expected_type=type_of_stream(stream))
+    return decode(data, expected_type=type_of_stream(stream))
 
 
 def validate_python(obj: Any) -> Envelope:

@@ -617,9 +617,7 @@ class EventConsumer:
                         continue
                     seen.add(ev.id)
                     calls.setdefault(self.appliers[stream], []).append(ev)
-                    raw = entry.fields.get(DATA_FIELD_B)
-                    if isinstance(raw, bytes):
-                        wire[ev.id] = raw
+                    wire[ev.id] = entry.fields[DATA_FIELD_B]  # decoded from it: present
                     applied.append(entry.entry_id)
                     rows.append(
                         {
