@@ -6,6 +6,7 @@ the benchmark's report, never in tests."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -586,8 +587,38 @@ def test_callgrind_counts_are_read_from_its_summary_and_start_up_is_taken_off() 
     assert alone.instructions_per_event(3_000_000, 1_000_000, 1_000) == 2_000.0
     with pytest.raises(ValueError, match="no events"):
         alone.instructions_per_event(3_000_000, 1_000_000, 0)
-    # What makes two runs repeat each other: the same hashes, no clock-driven thread.
-    assert alone.CALLGRIND_ENV == {"PYTHONHASHSEED": "0", "IDT_SQLITE_CHECKPOINT_S": "0"}
+
+
+def test_instructions_runs_the_log_and_a_start_up_run_under_callgrind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A stand-in valgrind (it runs nothing) records how it was called and reports
+    3M instructions for the run, 1M for the one applying nothing."""
+    from bench import alone
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "valgrind"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$PYTHONHASHSEED $IDT_SQLITE_CHECKPOINT_S $*" >> "{calls}"\n'
+        'case "$*" in *--apply-none*) n=1,000,000;; *) n=3,000,000;; esac\n'
+        'echo "==1== I   refs:      $n" >&2\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    info = synth.ensure_log(tmp_path, 3_000, SEED)
+    argv = ["--events", "3k", "--seed", str(SEED), "--cache-dir", str(tmp_path), "--group", "60"]
+    assert alone.main([*argv, "--instructions"]) == 0
+    out = capsys.readouterr().out
+    assert f"{info.events:,} events, {2_000_000 / info.events:,.0f} instructions per event" in out
+    run, start_up = calls.read_text().splitlines()
+    for line in (run, start_up):
+        # Repeatable: the same hashes, no checkpoint thread; the same log and group.
+        assert line.startswith("0 0 --tool=callgrind "), line
+        assert "-m bench.alone" in line and " ".join(argv) in line
+        assert "--instructions" not in line
+    assert "--apply-none" not in run and start_up.endswith("--apply-none")
 
 
 def test_the_postgresql_server_is_a_process_row_with_a_note_on_what_it_counts() -> None:
